@@ -1,0 +1,3 @@
+"""ddpbench: how well does DistributedDataParallel training scale on this machine?"""
+
+__version__ = "0.1.0"

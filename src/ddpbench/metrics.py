@@ -1,0 +1,196 @@
+"""Measurement helpers: step clocks, communication timing, memory, and the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.distributed as dist
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def process_start_time() -> float:
+    """When this process was created (epoch seconds, 10 ms resolution), from /proc.
+
+    Falls back to the interpreter's first import of this module where /proc is missing.
+    """
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5); fields[] starts at field 3
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORT_TIME
+
+
+_IMPORT_TIME = time.time()
+
+
+class StepClock:
+    """Marks points in time without synchronising the device.
+
+    On CPU a mark is ``perf_counter()``; on CUDA it is an event recorded on the current stream,
+    read only in ``seconds()`` after one synchronisation at the end of the epoch.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class CommTimer:
+    """Times DDP's gradient all-reduce through a communication hook (CPU/gloo).
+
+    The hook records when each bucket's all-reduce is launched and, from the future's
+    completion callback (run on gloo's thread), when it finished. Per step:
+    - ``busy``: wall time during which at least one all-reduce was in flight (may overlap
+      the backward pass);
+    - ``exposed``: time from the launch of the step's last bucket to the completion of all of
+      them, i.e. communication the backward pass did not hide (the last bucket is launched
+      when the backward pass has produced the first layers' gradients).
+    On CUDA (NCCL) a future completes before the kernels finish, so no timer is installed.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._intervals: list[tuple[int, float, float]] = []
+        self.step = 0
+
+    def hook(self, process_group, bucket):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        step, launched = self.step, time.perf_counter()
+        future = allreduce_hook(process_group, bucket)
+
+        def record(fut):
+            with self._lock:
+                self._intervals.append((step, launched, time.perf_counter()))
+            return fut.value()
+
+        return future.then(record)
+
+    def take(self) -> tuple[float, float]:
+        """Return (busy, exposed) seconds summed over the steps recorded since the last call."""
+        with self._lock:
+            intervals, self._intervals = self._intervals, []
+        by_step: dict[int, list[tuple[float, float]]] = {}
+        for step, start, end in intervals:
+            by_step.setdefault(step, []).append((start, end))
+        busy = exposed = 0.0
+        for spans in by_step.values():
+            spans.sort()
+            exposed += max(e for _, e in spans) - max(s for s, _ in spans)
+            cur_start, cur_end = spans[0]
+            for start, end in spans[1:]:
+                if start > cur_end:
+                    busy += cur_end - cur_start
+                    cur_start = start
+                cur_end = max(cur_end, end)
+            busy += cur_end - cur_start
+        return busy, exposed
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (shared pages of the dataset included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pss_bytes() -> int | None:
+    """Proportional set size now: shared pages divided among the processes mapping them."""
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cores_available() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, backend: str, threads_per_rank: int) -> dict:
+    try:
+        import torchvision
+
+        torchvision_version = torchvision.__version__
+    except ImportError:
+        torchvision_version = None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision_version,
+        "backend": backend,
+        "device": device.type,
+        "device_name": device_name,
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "cores_available": cores_available(),
+        "threads_per_rank": threads_per_rank,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "gloo_socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
+    }
+
+
+def gather_objects(obj) -> list:
+    """All ranks' ``obj`` in rank order (a collective: every rank must call it)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
