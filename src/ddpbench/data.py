@@ -37,6 +37,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
+
 _MEMBER_DIR = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"{_MEMBER_DIR}/data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = f"{_MEMBER_DIR}/test_batch"
@@ -267,7 +269,10 @@ def check_split(split: str, images: np.ndarray, labels: np.ndarray, expected: in
         raise DataError(f"{split} labels outside 0..{len(CIFAR10_CLASSES) - 1}")
 
 
-def convert_cifar10(archive: Path, out_dir: Path, md5: str | None) -> None:
+def convert_cifar10(
+    archive: Path, out_dir: Path, md5: str | None, expected: dict[str, int] | None = None
+) -> None:
+    expected = expected or CIFAR10_COUNTS
     members = read_members(archive, (*_TRAIN_BATCHES, _TEST_BATCH, _META_MEMBER))
     meta = load_pickle(members[_META_MEMBER], _META_MEMBER)
     names = tuple(n.decode() if isinstance(n, bytes) else n for n in meta.get("label_names", ()))
@@ -278,8 +283,8 @@ def convert_cifar10(archive: Path, out_dir: Path, md5: str | None) -> None:
         "train": (np.concatenate([d for d, _ in train]), np.concatenate([lab for _, lab in train])),
         "test": parse_batch(members[_TEST_BATCH], _TEST_BATCH),
     }
-    for split, expected in (("train", 50_000), ("test", 10_000)):
-        check_split(split, *splits[split], expected=expected)
+    for split in SPLITS:
+        check_split(split, *splits[split], expected=expected[split])
     write_cache(out_dir, splits, {"source": "cifar10", "archive_md5": md5 or md5sum(archive)})
 
 
@@ -302,7 +307,7 @@ def make_synthetic(out_dir: Path, train_size: int, test_size: int, seed: int = 0
 def read_meta(cache_dir: Path) -> dict:
     path = Path(cache_dir) / "meta.json"
     if not path.is_file():
-        raise DataError(f"no dataset cache at {cache_dir} (missing meta.json); prepare it with `python -m ddpbench.data`")
+        raise DataError(f"no dataset cache at {cache_dir} (missing meta.json); prepare it with `python -m ddpbench.data convert` or `synthetic`")
     return json.loads(path.read_text())
 
 
@@ -425,44 +430,37 @@ class PerSampleDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- command line
 
 
-def prepare(args: argparse.Namespace) -> None:
-    out_dir = Path(args.out)
-    if args.source == "synthetic":
-        make_synthetic(out_dir, args.train_size, args.test_size, seed=args.seed)
-        return
-    if args.archive:
-        archive = Path(args.archive)
-        verify_archive(archive, args.md5)
-    else:
-        archive = Path(args.download_to)
-        if archive.is_file() and (not args.md5 or md5sum(archive) == args.md5.lower()):
-            print(f"using verified {archive}", file=sys.stderr)
-        else:
-            print(f"downloading {args.url} -> {archive}", file=sys.stderr)
-            download(args.url, archive, args.md5, timeout=args.timeout, retries=args.retries)
-    convert_cifar10(archive, out_dir, args.md5)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddpbench.data", description="Prepare the dataset cache.")
-    parser.add_argument("--source", choices=("cifar10", "synthetic"), default="cifar10")
-    parser.add_argument("--out", required=True, help="cache directory to write")
-    parser.add_argument("--url", default=CIFAR10_URL)
-    parser.add_argument("--md5", default=CIFAR10_MD5, help="expected md5 of the archive ('' skips the check)")
-    parser.add_argument("--archive", help="local cifar-10-python.tar.gz: no download")
-    parser.add_argument("--download-to", default="resources/cifar-10-python.tar.gz")
-    parser.add_argument("--timeout", type=float, default=30.0, help="connect/read timeout in seconds")
-    parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--train-size", type=int, default=2048)
-    parser.add_argument("--test-size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m ddpbench.data", description="Fetch and prepare the dataset cache.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("download", help="download and verify cifar-10-python.tar.gz")
+    fetch.add_argument("--url", default=CIFAR10_URL)
+    fetch.add_argument("--md5", default=CIFAR10_MD5)
+    fetch.add_argument("--out", required=True, help="archive path to write")
+    fetch.add_argument("--timeout", type=float, default=30.0, help="connect/read timeout in seconds")
+    fetch.add_argument("--retries", type=int, default=3)
+    convert = commands.add_parser("convert", help="verify an archive and convert it into the cache")
+    convert.add_argument("--archive", required=True)
+    convert.add_argument("--md5", default=CIFAR10_MD5)
+    convert.add_argument("--out", required=True, help="cache directory to write")
+    synthetic = commands.add_parser("synthetic", help="generate a synthetic CIFAR-shaped cache")
+    synthetic.add_argument("--train-size", type=int, default=2048)
+    synthetic.add_argument("--test-size", type=int, default=512)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--out", required=True, help="cache directory to write")
     args = parser.parse_args(argv)
     try:
-        prepare(args)
+        if args.command == "download":
+            download(args.url, Path(args.out), args.md5, timeout=args.timeout, retries=args.retries)
+        elif args.command == "convert":
+            verify_archive(Path(args.archive), args.md5)
+            convert_cifar10(Path(args.archive), Path(args.out), args.md5)
+        else:
+            make_synthetic(Path(args.out), args.train_size, args.test_size, seed=args.seed)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"dataset ready in {args.out}", file=sys.stderr)
+    print(f"{args.command}: wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     target_accuracy: float | None = 65.0
     seed: int = 0
     eval_batch_size: int = 500
-    timeout: float = 120.0  # seconds a collective may wait for a peer
+    timeout: float = 60.0  # seconds a collective waits for a silent peer (torchrun then allows 30 s to exit)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, int]:
@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, int]:
     p.add_argument("--threads-per-worker", type=int, default=defaults.threads_per_worker, help="0: auto")
     p.add_argument("--loader", choices=("resident", "dataloader"), default=defaults.loader)
     p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--target-accuracy", type=float, default=defaults.target_accuracy)
+    p.add_argument("--target-accuracy", type=_optional_float, default=defaults.target_accuracy,
+                   help="test accuracy (%%) for time-to-accuracy; 'none' to skip")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     p.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds before a silent peer is an error")
@@ -103,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, int]:
     level = logging.DEBUG if args.pop("verbose") else logging.ERROR if args.pop("quiet") else logging.INFO
     args.pop("quiet", None)
     return TrainConfig(**args), level
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null") else float(text)
 
 
 # --------------------------------------------------------------------------- distributed set-up

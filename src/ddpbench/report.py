@@ -1,0 +1,489 @@
+"""Render the scaling study as one self-contained HTML file: tables, inline SVG plots, no scripts.
+
+    python -m ddpbench.report --summary results/summary.json --runs results/runs/*.json \
+        --config config.yaml --logs-dir logs/train --out results/report.html [--plots-dir results/plots]
+
+The page opens from disk with no network: CSS is inline, plots are matplotlib SVG inserted as
+markup, and every other value goes through jinja2's autoescaping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import jinja2
+import matplotlib
+import numpy as np
+import yaml
+from markupsafe import Markup
+from matplotlib.figure import Figure
+
+from ddpbench.io import atomic_write_text
+
+TEMPLATE = "report.html.j2"
+# Plot text is only numbers and fixed words: no run or config text goes into a figure, so
+# nothing user-controlled can reach the SVG (or be mis-read as matplotlib mathtext).
+SVG_STYLE = {
+    "svg.fonttype": "none",  # text stays text; the browser's own sans-serif font renders it
+    "svg.hashsalt": "ddpbench",  # deterministic clip-path ids: same inputs, same file
+    "font.family": "sans-serif",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e3e6ea",
+    "grid.linewidth": 0.8,
+    "axes.edgecolor": "#6b7280",
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+}
+PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
+PARTS = [  # (label, colour) of the time breakdown, in stacking order
+    ("data", "#60a5fa"), ("compute", "#2563eb"), ("communication (exposed)", "#f97316"),
+    ("other", "#a3a3a3"), ("evaluation", "#a78bfa"),
+]
+SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
+# Run-config keys that differ by design between the runs of one grid.
+PER_RUN_KEYS = {"seed", "world_size", "out", "nnodes", "ranks_per_node", "global_batch_size", "per_rank_batch_size",
+                "lr_effective", "threads_per_worker", "batch_size"}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def run_key(d: dict) -> tuple[int, int, int]:
+    return int(d["world_size"]), int(d["batch_size"]), int(d["seed"])
+
+
+def run_name(ws: int, bs: int, seed: int) -> str:
+    return f"ws{ws}_bs{bs}_seed{seed}"
+
+
+def load_runs(paths: list[Path]) -> dict[tuple[int, int, int], dict]:
+    runs = {}
+    for path in paths:
+        run = json.loads(Path(path).read_text())
+        runs[run_key(run["config"])] = run
+    return runs
+
+
+def load_config(path: Path | None) -> dict | None:
+    """The workflow's resolved config, YAML or JSON (JSON is YAML)."""
+    return None if path is None else yaml.safe_load(Path(path).read_text())
+
+
+def shared_run_config(runs: dict) -> dict:
+    """Without --config: the options every run agrees on, which is what the grid held fixed."""
+    configs = [r["config"] for r in runs.values()]
+    if not configs:
+        return {}
+    return {k: v for k, v in configs[0].items()
+            if k not in PER_RUN_KEYS and all(c.get(k) == v for c in configs)}
+
+
+def by_batch(rows: list[dict]) -> dict[int, list[dict]]:
+    groups = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r["batch_size"], r["world_size"])):
+        groups[row["batch_size"]].append(row)
+    return dict(groups)
+
+
+def num(value) -> float:
+    """None (JSON null for NaN) as NaN, so numpy and matplotlib skip it."""
+    return math.nan if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- page content
+
+
+def headlines(rows: list[dict]) -> list[dict]:
+    """Per batch size: the best speedup, the efficiency at the largest world size, and the
+    accuracy change from one worker to the largest world size."""
+    out = []
+    for bs, group in by_batch(rows).items():
+        base, largest = group[0], group[-1]
+        best = max(group, key=lambda r: r["speedup_mean"] or 0.0)
+        acc_change = (None if None in (base["test_acc_mean"], largest["test_acc_mean"])
+                      else largest["test_acc_mean"] - base["test_acc_mean"])
+        out.append({
+            "batch_size": bs, "base_ws": base["world_size"], "largest_ws": largest["world_size"],
+            "best_speedup": best["speedup_mean"], "best_ws": best["world_size"],
+            "efficiency_largest": largest["efficiency_mean"],
+            "acc_base": base["test_acc_mean"], "acc_largest": largest["test_acc_mean"], "acc_change": acc_change,
+        })
+    return out
+
+
+def distinct(values) -> str:
+    seen = []
+    for v in values:
+        for item in (v if isinstance(v, list) else [v]):
+            if item is not None and str(item) not in seen:
+                seen.append(str(item))
+    return ", ".join(seen) if seen else "–"
+
+
+def machine(runs: dict) -> list[tuple[str, str]]:
+    """What the runs ran on; values that differ between runs are all listed."""
+    envs = [r["environment"] for r in runs.values()]
+    fields = [("CPU", "cpu_model"), ("Logical cores", "logical_cores"), ("Cores available", "cores_available"),
+              ("Backend", "backend"), ("PyTorch", "torch"), ("torchvision", "torchvision"), ("Python", "python"),
+              ("Hosts", "hostnames"), ("Platform", "platform"), ("Git commit", "git_commit")]
+    rows = [(label, distinct(e.get(key) for e in envs)) for label, key in fields]
+    rows.insert(3, ("Device", distinct(f'{e.get("device")} ({e.get("device_name")})' for e in envs)))
+    return rows
+
+
+def run_period(runs: dict) -> tuple[str | None, str | None]:
+    starts = sorted(r["timestamps"]["started_utc"] for r in runs.values())
+    ends = sorted(r["timestamps"]["finished_utc"] for r in runs.values())
+    return (starts[0] if starts else None, ends[-1] if ends else None)
+
+
+def log_link(logs_dir: Path | None, out: Path, key: tuple[int, int, int]) -> str | None:
+    """Relative to the report's folder, so the pair can be moved or archived together."""
+    if logs_dir is None:
+        return None
+    target = Path(logs_dir) / f"{run_name(*key)}.log"
+    return Path(os.path.relpath(target.resolve(), out.resolve().parent)).as_posix()
+
+
+def run_rows(summary: dict, runs: dict, logs_dir: Path | None, out: Path) -> list[dict]:
+    """Summary's per-run rows with what only the run JSON knows (hosts, start-up)."""
+    rows = []
+    for r in summary["runs"]:
+        key = run_key(r)
+        run = runs.get(key, {})
+        totals = run.get("totals", {})
+        rows.append({
+            **r,
+            "name": run_name(*key),
+            "hostnames": ", ".join(run["environment"]["hostnames"]) if run else r.get("hostnames", ""),
+            "startup_s": totals.get("process_start_to_first_step_s"),
+            "log": log_link(logs_dir, out, key),
+        })
+    return rows
+
+
+def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
+    rows = []
+    for m in summary.get("missing_runs", []):
+        key = run_key(m)
+        rows.append({**m, "name": run_name(*key), "log": log_link(logs_dir, out, key)})
+    return rows
+
+
+def method_facts(summary: dict, runs: dict) -> dict:
+    """The numbers the "How this was measured" section quotes."""
+    threads = sorted({(r["world_size"], r["threads_per_worker"]) for r in summary["rows"]})
+    cores = distinct(r["environment"]["cores_available"] for r in runs.values())
+    first = next(iter(runs.values()), None)
+    startup = [r["totals"]["process_start_to_first_step_s"] for r in runs.values()
+               if r["totals"].get("process_start_to_first_step_s") is not None]
+    return {
+        "threads": threads,
+        "cores": cores,
+        "epochs": distinct(r["config"]["epochs"] for r in runs.values()),
+        "dataset": distinct(r["dataset"]["source"] for r in runs.values()),
+        "train_samples": distinct(r["dataset"]["train_samples_used"] for r in runs.values()),
+        "test_samples": distinct(r["dataset"]["test_samples"] for r in runs.values()),
+        "batch_size_mode": distinct(r["config"]["batch_size_mode"] for r in runs.values()),
+        "comm_timed": any(r["totals"]["comm_exposed_time_s"] is not None for r in runs.values()),
+        "startup_mean_s": sum(startup) / len(startup) if startup else None,
+        "model": f'{first["model"]["name"]} ({first["model"]["parameters"]:,} parameters)' if first else "–",
+    }
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def world_axis(ax, sizes) -> None:
+    """Ticks at the measured world sizes; log2 spacing once the range is wide."""
+    sizes = sorted(set(sizes))
+    if sizes and sizes[-1] / sizes[0] >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("world size (workers)")
+
+
+def series(group: list[dict], key: str) -> np.ndarray:
+    return np.array([num(r[key]) for r in group])
+
+
+def ci_errors(group: list[dict], mean: str, low: str, high: str) -> np.ndarray:
+    m = series(group, mean)
+    return np.nan_to_num(np.vstack([m - series(group, low), series(group, high) - m]), nan=0.0)
+
+
+def batch_label(bs: int, many: bool) -> str:
+    return f"batch {bs}" if many else "measured"
+
+
+def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
+    fig = Figure(figsize=SINGLE, layout="constrained")
+    ax = fig.add_subplot()
+    groups = by_batch(rows)
+    sizes = [r["world_size"] for r in rows]
+    ax.plot(sorted(set(sizes)), sorted(set(sizes)), "--", color="#9ca3af", label="ideal (S = W)")
+    for i, (bs, g) in enumerate(groups.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        w = series(g, "world_size")
+        ax.errorbar(w, series(g, "speedup_mean"), yerr=ci_errors(g, "speedup_mean", "speedup_ci95_low",
+                    "speedup_ci95_high"), fmt="o-", color=colour, capsize=3, label=batch_label(bs, len(groups) > 1))
+        f = amdahl.get(str(bs), amdahl.get(bs))
+        if f is not None:
+            dense = np.linspace(min(w), max(w), 100)
+            ax.plot(dense, 1.0 / (f + (1.0 - f) / dense), ":", color=colour, label=f"Amdahl fit, f = {f:.3f}")
+    world_axis(ax, sizes)
+    ax.set_ylabel("speedup T(1) / T(W)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Speedup (95 % CI across seeds)")
+    ax.legend()
+    return fig
+
+
+def efficiency_plot(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=SINGLE, layout="constrained")
+    ax = fig.add_subplot()
+    groups = by_batch(rows)
+    ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)")
+    for i, (bs, g) in enumerate(groups.items()):
+        err = 100 * ci_errors(g, "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high")
+        ax.errorbar(series(g, "world_size"), 100 * series(g, "efficiency_mean"), yerr=err, fmt="o-", capsize=3,
+                    color=PALETTE[i % len(PALETTE)], label=batch_label(bs, len(groups) > 1))
+    world_axis(ax, [r["world_size"] for r in rows])
+    ax.set_ylabel("parallel efficiency (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Efficiency = speedup / W (95 % CI)")
+    ax.legend()
+    return fig
+
+
+def throughput_plot(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=SINGLE, layout="constrained")
+    ax = fig.add_subplot()
+    groups = by_batch(rows)
+    for i, (bs, g) in enumerate(groups.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        w, t = series(g, "world_size"), series(g, "throughput_mean_img_s")
+        ax.errorbar(w, t, yerr=np.nan_to_num(series(g, "throughput_std_img_s")), fmt="o-", capsize=3,
+                    color=colour, label=batch_label(bs, len(groups) > 1))
+        if g[0]["world_size"] == 1:
+            ax.plot(w, t[0] * w, "--", color=colour, alpha=0.5, label="ideal (W × one worker)")
+    world_axis(ax, [r["world_size"] for r in rows])
+    ax.set_ylabel("training images / s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Throughput (± std across seeds)")
+    ax.legend()
+    return fig
+
+
+def accuracy_plot(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=SINGLE, layout="constrained")
+    ax = fig.add_subplot()
+    groups = by_batch(rows)
+    for i, (bs, g) in enumerate(groups.items()):
+        ax.errorbar(series(g, "world_size"), series(g, "test_acc_mean"),
+                    yerr=np.nan_to_num(series(g, "test_acc_std")), fmt="o-", capsize=3,
+                    color=PALETTE[i % len(PALETTE)], label=batch_label(bs, len(groups) > 1))
+    world_axis(ax, [r["world_size"] for r in rows])
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title("Test accuracy after the last epoch (± std)")
+    ax.legend()
+    return fig
+
+
+def breakdown_plot(rows: list[dict]) -> Figure:
+    """Mean seconds per run: training time split by the summary's shares, plus evaluation."""
+    many = len(by_batch(rows)) > 1
+    ordered = sorted(rows, key=lambda r: (r["batch_size"], r["world_size"]), reverse=True)
+    labels = [f"W = {r['world_size']}" + (f", batch {r['batch_size']}" if many else "") for r in ordered]
+    train = series(ordered, "train_time_mean_s")
+    comm = np.nan_to_num(series(ordered, "comm_share"))  # untimed (CUDA): inside compute
+    parts = [series(ordered, "data_share") * train, series(ordered, "compute_share") * train, comm * train,
+             series(ordered, "other_share") * train, series(ordered, "eval_time_mean_s")]
+    fig = Figure(figsize=(WIDE[0], 1.5 + 0.42 * len(ordered)), layout="constrained")
+    ax = fig.add_subplot()
+    left = np.zeros(len(ordered))
+    for (label, colour), values in zip(PARTS, parts):
+        values = np.nan_to_num(values)
+        ax.barh(labels, values, left=left, color=colour, label=label, height=0.6)
+        left += values
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("seconds per run (mean across seeds)")
+    ax.set_title("Where the time goes: training (data, compute, exposed communication, other) + evaluation")
+    fig.legend(ncols=len(PARTS), loc="outside lower center")  # "outside": constrained layout makes room
+    return fig
+
+
+def mean_curves(runs: dict) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """Per (batch size, world size): test accuracy and loss per epoch, averaged over seeds."""
+    grouped = defaultdict(list)
+    for (ws, bs, _seed), run in sorted(runs.items()):
+        grouped[(bs, ws)].append(run["epochs"])
+    curves = {}
+    for key, epoch_lists in grouped.items():
+        n = min(len(e) for e in epoch_lists)  # same config gives the same epochs; guard anyway
+        curves[key] = {
+            "epoch": np.arange(1, n + 1),
+            "test_acc": np.mean([[e[i]["test_acc"] for i in range(n)] for e in epoch_lists], axis=0),
+            "test_loss": np.mean([[e[i]["test_loss"] for i in range(n)] for e in epoch_lists], axis=0),
+        }
+    return curves
+
+
+def learning_curves_plot(runs: dict) -> Figure:
+    fig = Figure(figsize=WIDE, layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    curves = mean_curves(runs)
+    batches = sorted({bs for bs, _ in curves})
+    sizes = sorted({ws for _, ws in curves})
+    for (bs, ws), c in sorted(curves.items()):
+        style = dict(color=PALETTE[sizes.index(ws) % len(PALETTE)], marker="o", markersize=3,
+                     ls=["-", "--", ":", "-."][batches.index(bs) % 4],
+                     label=f"W = {ws}" + (f", batch {bs}" if len(batches) > 1 else ""))
+        acc_ax.plot(c["epoch"], c["test_acc"], **style)
+        loss_ax.plot(c["epoch"], c["test_loss"], **style)
+    for ax, title, ylabel in ((acc_ax, "Test accuracy per epoch", "test accuracy (%)"),
+                              (loss_ax, "Test loss per epoch", "test loss (cross-entropy)")):
+        ax.set_title(title + " (mean across seeds)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.legend()
+    return fig
+
+
+def svg_text(fig: Figure) -> str:
+    """The figure as a standalone SVG document, without the date or RDF metadata block."""
+    buffer = io.StringIO()
+    with matplotlib.rc_context(SVG_STYLE):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    return buffer.getvalue()
+
+
+def inline_svg(svg: str, name: str) -> Markup:
+    """SVG markup for inside HTML: no XML prolog, and ids prefixed so two figures' clip paths
+    cannot collide. Safe to mark: matplotlib wrote it and escapes every text it draws."""
+    body = svg[svg.index("<svg"):]
+    body = re.sub(r'\bid="', f'id="{name}-', body)
+    body = body.replace("url(#", f"url(#{name}-").replace('href="#', f'href="#{name}-')
+    return Markup(body)
+
+
+def make_plots(summary: dict, runs: dict) -> list[dict]:
+    """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
+    rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
+    fits = ", ".join(f"f = {f:.3f} at batch {bs}" for bs, f in amdahl.items() if f is not None)
+    specs = [
+        ("speedup", False, "Speedup of the training time against one worker, ideal line and Amdahl fit "
+                           f"(fitted serial fraction {fits or 'not available: one world size'}).",
+         lambda: speedup_plot(rows, amdahl)),
+        ("efficiency", False, "Parallel efficiency: speedup divided by the number of workers.",
+         lambda: efficiency_plot(rows)),
+        ("throughput", False, "Training images per second over all workers.", lambda: throughput_plot(rows)),
+        ("accuracy", False, "Final test accuracy: larger world sizes train with a larger global batch.",
+         lambda: accuracy_plot(rows)),
+        ("time_breakdown", True, "Mean time per run split into data loading, compute, exposed communication, "
+                                 "other training time, and evaluation.", lambda: breakdown_plot(rows)),
+        ("learning_curves", True, "Test accuracy and loss after each epoch, one line per world size.",
+         lambda: learning_curves_plot(runs)),
+    ]
+    plots = []
+    for name, wide, caption, build in specs:
+        if name == "learning_curves" and not runs:
+            continue
+        with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
+            svg = svg_text(build())
+        plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg})
+    return plots
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def when(stamp: str | None) -> str:
+    """ISO-8601 UTC stamp (utc_now) as "2026-01-31 12:00:00 UTC"."""
+    return "–" if not stamp else stamp.replace("T", " ").replace("+00:00", " UTC")
+
+
+def raw(value) -> str:
+    """Exact machine-readable value for data-value attributes; repr round-trips a float."""
+    return "" if value is None else repr(value)
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("ddpbench", "templates"),
+        autoescape=True,  # every value is text unless this module marks it (the SVG) safe
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    env.filters["raw"] = raw
+    env.filters["when"] = when
+    return env
+
+
+def render(summary: dict, runs: dict, config: dict | None = None, logs_dir: Path | None = None,
+           out: Path = Path("report.html"), plots: list[dict] | None = None) -> str:
+    plots = make_plots(summary, runs) if plots is None else plots
+    shown_config = config if config is not None else shared_run_config(runs)
+    first, last = run_period(runs)
+    return environment().get_template(TEMPLATE).render(
+        summary=summary,
+        tables=by_batch(summary["rows"]),
+        headlines=headlines(summary["rows"]),
+        machine=machine(runs),
+        first_started=first,
+        last_finished=last,
+        config_source="workflow config" if config is not None else "options shared by every run (no --config given)",
+        config_text=yaml.safe_dump(shown_config, sort_keys=False, default_flow_style=False, allow_unicode=True),
+        runs=run_rows(summary, runs, logs_dir, out),
+        missing=missing_rows(summary, logs_dir, out),
+        facts=method_facts(summary, runs),
+        plots=[{**p, "markup": inline_svg(p["svg"], p["name"])} for p in plots],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ddpbench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--summary", type=Path, required=True, help="summary.json from python -m ddpbench.aggregate")
+    p.add_argument("--runs", type=Path, nargs="*", default=[], help="run JSONs (learning curves, machine, hosts)")
+    p.add_argument("--config", type=Path, help="the workflow's resolved config (YAML or JSON) to show")
+    p.add_argument("--logs-dir", type=Path, help="folder of ws<W>_bs<B>_seed<S>.log files to link to")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--plots-dir", type=Path, help="also write each plot as <name>.svg here")
+    args = p.parse_args(argv)
+    summary = json.loads(args.summary.read_text())
+    runs = load_runs(args.runs)
+    plots = make_plots(summary, runs)
+    html = render(summary, runs, load_config(args.config), args.logs_dir, args.out, plots)
+    atomic_write_text(args.out, html)
+    if args.plots_dir is not None:
+        for plot in plots:
+            atomic_write_text(args.plots_dir / f"{plot['name']}.svg", plot["svg"])
+    print(f"wrote {args.out}" + (f" and {len(plots)} plots in {args.plots_dir}" if args.plots_dir else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

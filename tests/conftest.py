@@ -1,0 +1,52 @@
+"""Shared fixtures: the repository, a synthetic dataset cache, and a torchrun launcher."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_SCHEMA = REPO / "workflow" / "schemas" / "run.schema.json"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Path:
+    from ddpbench.data import make_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(out, train_size=2048, test_size=512, seed=0)
+    return out
+
+
+def bin_path(name: str) -> str:
+    """A console script of this interpreter's environment (the venv the tests run in)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else shutil.which(name) or name
+
+
+def torchrun_cmd(nproc: int, *args: str, threads: int = 1) -> list[str]:
+    return [bin_path("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "ddpbench.train",
+            "--threads-per-worker", str(threads), *args]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(cmd: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=kwargs.pop("env", child_env()), **kwargs)

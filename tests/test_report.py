@@ -1,0 +1,304 @@
+"""The HTML report: its numbers are summary.json's, user text is escaped, a partial grid still reports.
+
+Inputs are built here (schema-valid run dicts -> ddpbench.aggregate -> summary), not copied from a
+real run, so the tests run anywhere; the schema check keeps the fixture honest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from ddpbench import report
+from ddpbench.aggregate import aggregate
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
+XSS = "<script>alert(1)</script>"
+XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
+
+
+# --------------------------------------------------------------------------- fixture runs
+
+
+def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node-a", model: str = "simple_cnn") -> dict:
+    """A plausible run: Amdahl-like times (serial fraction 0.15), accuracy falling with the world size."""
+    train_total = 20.0 * (1 + 0.03 * seed) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+    images = 2048
+    records, elapsed, time_to_target = [], 0.0, None
+    for e in range(1, epochs + 1):
+        train = train_total / epochs
+        data, step = 0.02 * train, 0.96 * train
+        exposed = step * (0.02 + (0.06 if ws > 1 else 0.0))
+        acc = 30.0 + 10.0 * e - 2.0 * math.log2(ws) + seed
+        elapsed += train + 0.5
+        if time_to_target is None and acc >= 50.0:
+            time_to_target = elapsed
+        records.append({
+            "epoch": e, "train_loss": 2.0 - 0.25 * e, "train_acc": acc + 3.0, "test_loss": 2.0 - 0.2 * e + 0.05 * ws,
+            "test_acc": acc, "lr": 0.01, "steps": images // (bs * ws) or 1, "images": images,
+            "train_time_s": train, "eval_time_s": 0.5, "data_time_s": data, "step_time_s": step,
+            "compute_time_s": step - exposed, "comm_time_s": 2 * exposed, "comm_exposed_time_s": exposed,
+            "throughput_img_s": images / train, "elapsed_s": elapsed, "train_time_max_s": train * 1.01,
+        })
+
+    def total(key):
+        return sum(r[key] for r in records)
+
+    threads = max(1, 8 // ws)
+    return {
+        "schema_version": 1,
+        "status": "ok",
+        "config": {
+            "data": "resources/cifar10", "out": f"results/runs/ws{ws}_bs{bs}_seed{seed}.json", "model": model,
+            "epochs": epochs, "batch_size": bs, "batch_size_mode": "per_worker", "lr": 0.01, "momentum": 0.9,
+            "weight_decay": 1e-4, "lr_scaling": "none", "base_batch_size": 128, "warmup_epochs": 0.0,
+            "augment": "none", "channels_last": True, "precision": "fp32", "device": "cpu", "backend": "gloo",
+            "threads_per_worker": threads, "loader": "resident", "seed": seed, "world_size": ws, "nnodes": 1,
+            "ranks_per_node": ws, "per_rank_batch_size": bs, "global_batch_size": bs * ws, "lr_effective": 0.01,
+            "max_train_samples": None, "target_accuracy": 50.0, "timeout": 120.0, "eval_batch_size": 500,
+        },
+        "model": {"name": model, "parameters": 1147914},
+        "dataset": {"source": "synthetic", "counts": {"train": images, "test": 512}, "train_samples_used": images,
+                    "test_samples": 512},
+        "epochs": records,
+        "totals": {
+            "train_loop_s": elapsed, "train_time_s": total("train_time_s"), "eval_time_s": total("eval_time_s"),
+            "data_time_s": total("data_time_s"), "step_time_s": total("step_time_s"),
+            "compute_time_s": total("compute_time_s"), "comm_time_s": total("comm_time_s"),
+            "comm_exposed_time_s": total("comm_exposed_time_s"), "images": images * epochs,
+            "throughput_img_s": images * epochs / total("train_time_s"), "final_test_acc": records[-1]["test_acc"],
+            "final_test_loss": records[-1]["test_loss"], "best_test_acc": max(r["test_acc"] for r in records),
+            "time_to_target_s": time_to_target, "process_start_to_first_step_s": 3.0 + 0.2 * ws,
+            "launch_to_first_step_s": None, "process_start_to_end_s": elapsed + 3.5,
+            "peak_rss_bytes_max": 900_000_000, "peak_rss_bytes_total": 900_000_000 * ws,
+        },
+        "ranks": [{"rank": r, "hostname": hostname, "pid": 1000 + r, "peak_rss_bytes": 900_000_000,
+                   "pss_bytes": 600_000_000, "peak_gpu_mem_bytes": None} for r in range(ws)],
+        "environment": {
+            "python": "3.11.7", "torch": "2.5.0", "torchvision": "0.20.0", "backend": "gloo", "device": "cpu",
+            "device_name": "Test CPU", "cpu_model": "Test CPU", "logical_cores": 8, "cores_available": 8,
+            "threads_per_rank": threads, "hostname": hostname, "platform": "Linux", "git_commit": None,
+            "hostnames": [hostname],
+        },
+        "timestamps": {"started_utc": f"2025-01-01T00:{ws:02d}:{seed:02d}+00:00",
+                       "finished_utc": f"2025-01-01T01:{ws:02d}:{seed:02d}+00:00"},
+    }
+
+
+def write_grid(folder: Path, world_sizes, batch_sizes, seeds, skip=(), **run_kwargs) -> tuple[list[Path], list[str]]:
+    """Run JSONs for the grid except the (ws, bs, seed) in skip; returns (paths, expected run names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, expected = [], []
+    for bs in batch_sizes:
+        for ws in world_sizes:
+            for seed in seeds:
+                name = f"ws{ws}_bs{bs}_seed{seed}"
+                expected.append(name)
+                if (ws, bs, seed) not in skip:
+                    path = folder / f"{name}.json"
+                    path.write_text(json.dumps(make_run(ws, bs, seed, **run_kwargs)))
+                    paths.append(path)
+    return paths, expected
+
+
+def build_report(tmp: Path, skip=((4, 128, 1),)) -> tuple[str, dict, Path]:
+    """A two-batch-size grid with one missing run: (html, summary, report path)."""
+    paths, expected = write_grid(tmp / "results/runs", [1, 2, 4], [64, 128], [0, 1], skip=skip)
+    summary, _ = aggregate(paths, SCHEMA, expected)
+    summary = json.loads(json.dumps(summary))  # as the report reads it: JSON, string keys
+    out = tmp / "results/report.html"
+    html = report.render(summary, report.load_runs(paths), None, tmp / "logs/train", out)
+    out.write_text(html)
+    return html, summary, out
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    return build_report(tmp_path_factory.mktemp("grid"))
+
+
+@pytest.fixture(scope="module")
+def xss(tmp_path_factory):
+    """Through the CLI, with a hostile hostname, model name and config value."""
+    tmp = tmp_path_factory.mktemp("xss")
+    paths, expected = write_grid(tmp / "runs", [1, 2], [128], [0, 1], hostname=f"host{XSS}", model=f"cnn{XSS}")
+    summary, _ = aggregate(paths, SCHEMA, expected)
+    (tmp / "summary.json").write_text(json.dumps(summary))
+    (tmp / "config.yaml").write_text(f"train:\n  note: '{XSS}'\n  epochs: 3\ngrid:\n  seeds: [0, 1]\n")
+    out = tmp / "report.html"
+    rc = report.main(["--summary", str(tmp / "summary.json"), "--runs", *map(str, paths), "--config",
+                      str(tmp / "config.yaml"), "--out", str(out), "--plots-dir", str(tmp / "plots")])
+    assert rc == 0
+    return out.read_text(), summary, tmp
+
+
+# --------------------------------------------------------------------------- reading the HTML back
+
+
+class Cells(HTMLParser):
+    """Every data-col element with its value and shown text, grouped by the enclosing <tr> (or
+    <div>/<li> with data- keys) and by the table class."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict] = []  # {"table": cls, "attrs": tr attrs, "cells": {col: [(value, text)]}}
+        self.table = None
+        self.open_cell = None
+        self.text = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.table = attrs.get("class")
+        elif tag == "tr":
+            self.rows.append({"table": self.table, "attrs": attrs, "cells": {}})
+        elif tag == "span" and "data-col" in attrs:
+            self.open_cell = (attrs["data-col"], attrs["data-value"])
+            self.text = []
+
+    def handle_data(self, data):
+        if self.open_cell:
+            self.text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self.open_cell:
+            col, value = self.open_cell
+            if self.rows and self.table:
+                self.rows[-1]["cells"].setdefault(col, []).append((value, "".join(self.text)))
+            self.open_cell = None
+        elif tag == "table":
+            self.table = None
+
+
+def parse(html: str) -> list[dict]:
+    parser = Cells()
+    parser.feed(html)
+    return parser.rows
+
+
+def assert_shown(col: str, value, text: str) -> None:
+    """The shown text is the value, rounded as displayed (efficiencies as percentages)."""
+    if value is None:
+        assert text == "–", (col, text)
+        return
+    scale = 100 if col.startswith("efficiency") else 1
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    assert abs(float(text) - value * scale) <= 0.5 * 10 ** -decimals + 1e-9, (col, value, text)
+
+
+def check_cells(cells: dict, expected: dict) -> int:
+    checked = 0
+    for col, found in cells.items():
+        for value, text in found:
+            want = expected[col]
+            assert (value == "") == (want is None), (col, value, want)
+            if want is not None:
+                assert float(value) == want, (col, value, want)  # repr round-trips: exact
+            assert_shown(col, want, text)
+            checked += 1
+    return checked
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_fixture_runs_match_the_run_schema():
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    for ws, bs, seed in [(1, 64, 0), (2, 128, 1), (4, 128, 0)]:
+        validator.validate(make_run(ws, bs, seed))
+
+
+def test_study_table_numbers_equal_summary(grid):
+    html, summary, _ = grid
+    study = {(int(r["attrs"]["data-world-size"]), int(r["attrs"]["data-batch-size"])): r["cells"]
+             for r in parse(html) if r["table"] == "study" and "data-world-size" in r["attrs"]}
+    expected = {(r["world_size"], r["batch_size"]): r for r in summary["rows"]}
+    assert study.keys() == expected.keys()
+    for key, cells in study.items():
+        for col in ("world_size", "n_seeds", "train_time_mean_s", "train_time_std_s", "speedup_mean",
+                    "speedup_ci95_low", "efficiency_mean", "test_acc_mean", "test_acc_std",
+                    "throughput_mean_img_s", "karp_flatt"):
+            assert col in cells, (key, col)
+        assert check_cells(cells, expected[key]) >= 15
+    assert html.count('<table class="study"') == 2  # one per batch size
+
+
+def test_headline_and_amdahl_equal_summary(grid):
+    html, summary, _ = grid
+    rows = [r for r in summary["rows"] if r["batch_size"] == 128]
+    best = max(rows, key=lambda r: r["speedup_mean"])
+    largest, base = rows[-1], rows[0]
+    section = html[html.index('<div class="cards" data-batch-size="128"'):]
+    section = section[: section.index("</div>\n  </div>")]
+    values = dict(re.findall(r'data-col="(\w+)" data-value="([^"]*)"', section))
+    assert float(values["best_speedup"]) == best["speedup_mean"]
+    assert int(values["best_ws"]) == best["world_size"]
+    assert float(values["efficiency_largest"]) == largest["efficiency_mean"]
+    assert float(values["acc_change"]) == pytest.approx(largest["test_acc_mean"] - base["test_acc_mean"])
+    fits = dict(re.findall(r'data-col="amdahl_serial_fraction" data-batch-size="(\d+)" data-value="([^"]*)"', html))
+    assert {bs: float(f) for bs, f in fits.items()} == summary["amdahl_serial_fraction"]
+
+
+def test_runs_table_and_missing_run_listed(grid):
+    html, summary, _ = grid
+    runs = {r["attrs"]["data-run"]: r["cells"] for r in parse(html) if r["table"] == "runs" and "data-run" in r["attrs"]}
+    expected = {f"ws{r['world_size']}_bs{r['batch_size']}_seed{r['seed']}": r for r in summary["runs"]}
+    assert runs.keys() == expected.keys() and len(runs) == 11
+    for name, cells in runs.items():
+        check_cells({k: v for k, v in cells.items() if k != "startup_s"}, expected[name])
+    assert summary["missing_runs"] == [{"world_size": 4, "batch_size": 128, "seed": 1}]
+    missing = html[html.index('<ul class="missing-runs">'):]
+    assert '<li data-run="ws4_bs128_seed1">' in missing[: missing.index("</ul>")]
+    assert 'id="no-missing"' not in html
+
+
+def test_log_links_are_relative_to_the_report(grid):
+    html, _, out = grid
+    assert 'href="../logs/train/ws1_bs64_seed0.log"' in html
+    assert 'href="../logs/train/ws4_bs128_seed1.log"' in html  # the missing run's log may say why
+    assert (out.parent / "../logs/train/ws1_bs64_seed0.log").resolve() == out.parents[1] / "logs/train/ws1_bs64_seed0.log"
+
+
+def test_every_plot_is_inline_svg_and_nothing_external(grid):
+    html, _, _ = grid
+    figures = re.findall(r'<figure id="plot-(\w+)"[^>]*>\s*<svg\b', html)
+    assert set(figures) == PLOTS and html.count("<svg") == len(PLOTS)
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+    assert not re.search(r"<(script|link|img|iframe|object)\b|@import|\bsrc=|url\(\s*['\"]?(https?:|//)", html, re.I)
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "inline SVGs must not share element ids"
+
+
+def test_hostile_text_is_escaped(xss):
+    html, _, _ = xss
+    assert "<script" not in html.lower()
+    assert html.count(XSS_ESCAPED) >= 3  # hostname (machine, runs table), model name, config value
+    assert f"host{XSS_ESCAPED}" in html and f"cnn{XSS_ESCAPED}" in html
+    assert "note: &#39;" + XSS_ESCAPED in html or "note: " + XSS_ESCAPED in html
+
+
+def test_cli_writes_plots_and_reports_no_missing_runs(xss):
+    html, _, tmp = xss
+    assert 'id="no-missing"' in html
+    assert "workflow config" in html
+    svgs = sorted(p.stem for p in (tmp / "plots").glob("*.svg"))
+    assert set(svgs) == PLOTS
+    for name in svgs:
+        root = ET.parse(tmp / "plots" / f"{name}.svg").getroot()  # standalone, well-formed SVG
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+
+
+def test_runs_without_config_show_the_options_they_share(grid):
+    html, _, _ = grid
+    config = html[html.index('<pre class="config">'):]
+    config = config[: config.index("</pre>")]
+    assert "model: simple_cnn" in config and "epochs: 3" in config
+    assert "seed:" not in config and "world_size:" not in config  # these vary by design

@@ -1,0 +1,109 @@
+"""The training engine through torchrun: real gloo process groups on this machine."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import RUN_SCHEMA, child_env, run, torchrun_cmd
+
+EPOCH_LINE = re.compile(r"^Epoch \[(\d+)/(\d+)\] \| Loss: [\d.]+ \| Train Acc: [\d.]+% \| Test Acc: ([\d.]+)% \| Time: [\d.]+s$", re.M)
+
+
+def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
+    out = tmp_path / "run.json"
+    result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "3", "--seed", "1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_json = json.loads(out.read_text())
+    jsonschema.validate(run_json, json.loads(RUN_SCHEMA.read_text()))
+    assert [m[0] for m in EPOCH_LINE.findall(result.stdout)] == ["1", "2", "3"]  # rank 0 only: once per epoch
+    cfg, totals = run_json["config"], run_json["totals"]
+    assert cfg["world_size"] == 2 and cfg["backend"] == "gloo" and cfg["threads_per_worker"] == 1
+    assert cfg["global_batch_size"] == 256 and run_json["model"]["parameters"] == 1_147_914
+    assert totals["final_test_acc"] > 30.0  # ten classes: chance is 10 %
+    assert all(e["images"] == 2048 and e["steps"] == 8 for e in run_json["epochs"])
+    assert run_json["dataset"]["test_samples"] == 512
+    assert len(run_json["ranks"]) == 2 and run_json["environment"]["gloo_socket_ifname"] == "lo"
+    assert totals["comm_exposed_time_s"] > 0 and totals["data_time_s"] > 0
+    assert totals["train_time_s"] <= totals["train_loop_s"] <= totals["process_start_to_end_s"]
+
+
+def test_same_seed_same_result_and_quiet(synthetic_cache, tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}.json"
+        result = run(torchrun_cmd(1, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "1",
+                                  "--max-train-samples", "512", "--quiet"))
+        assert result.returncode == 0, result.stderr
+        assert "Epoch" not in result.stdout
+        outs.append(json.loads(out.read_text())["epochs"][0])
+    assert outs[0]["train_loss"] == outs[1]["train_loss"] and outs[0]["test_acc"] == outs[1]["test_acc"]
+    assert outs[0]["images"] == 512
+
+
+def test_verbose_lines_name_rank_and_pid(synthetic_cache, tmp_path):
+    result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--epochs", "1", "--max-train-samples", "256",
+                              "--verbose"))
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ rank {rank} pid \d+ ", result.stdout, re.M)
+
+
+def test_bad_global_batch_is_a_clear_error(synthetic_cache, tmp_path):
+    out = tmp_path / "run.json"
+    result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--batch-size", "127",
+                              "--batch-size-mode", "global"))
+    assert result.returncode != 0
+    assert "not divisible by world size 2" in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def _start_long_run(cache: Path, out: Path, timeout_s: int) -> subprocess.Popen:
+    cmd = torchrun_cmd(2, "--data", str(cache), "--out", str(out), "--epochs", "200", "--timeout", str(timeout_s))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+
+
+def _worker_pids(launcher: subprocess.Popen) -> list[int]:
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def _wait_for_first_epoch(proc: subprocess.Popen) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch [1/"):
+            return "".join(seen)
+    raise AssertionError("run ended before its first epoch:\n" + "".join(seen))
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_failed_or_hung_rank_ends_the_launch(synthetic_cache, tmp_path, how):
+    """A rank that dies (SIGKILL) or hangs (SIGSTOP) ends the launch non-zero within the bound."""
+    out, bound = tmp_path / "run.json", 15
+    proc = _start_long_run(synthetic_cache, out, timeout_s=bound)
+    try:
+        _wait_for_first_epoch(proc)
+        workers = _worker_pids(proc)
+        assert len(workers) == 2
+        t0 = time.monotonic()
+        os.kill(workers[1], signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        output, _ = proc.communicate(timeout=bound + 60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert elapsed < bound + 45, f"took {elapsed:.0f}s"
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    if how == "killed":  # torchrun's summary names the failed rank and its signal
+        assert re.search(r"rank\s*:\s*1", output) and "SIGKILL" in output, output[-3000:]
+    else:  # the peers' collective timed out
+        assert "imed out" in output or "Timeout" in output, output[-3000:]

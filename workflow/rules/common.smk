@@ -1,0 +1,202 @@
+import os
+
+import yaml
+from snakemake.utils import validate
+
+
+def coerce_cli_strings(value, schema):
+    """`--config` values arrive as strings (Snakemake reads them with YAML's BaseLoader):
+    turn '2' into 2, 'null' into None or 'true' into True where the schema asks for that type.
+    """
+    alternatives = [schema, *schema.get("oneOf", [])]
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {
+            k: coerce_cli_strings(v, properties.get(k, {})) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        items = next((s["items"] for s in alternatives if "items" in s), {})
+        return [coerce_cli_strings(v, items) for v in value]
+    if isinstance(value, str):
+        types = set()
+        for s in alternatives:
+            t = s.get("type", [])
+            types.update([t] if isinstance(t, str) else t)
+        parsed = (
+            yaml.safe_load(value)
+            if types & {"integer", "number", "boolean", "null"}
+            else value
+        )
+        if (
+            (parsed is None and "null" in types)
+            or (isinstance(parsed, bool) and "boolean" in types)
+            or (
+                isinstance(parsed, int)
+                and not isinstance(parsed, bool)
+                and types & {"integer", "number"}
+            )
+            or (isinstance(parsed, float) and "number" in types)
+        ):
+            return parsed
+    return value
+
+
+CONFIG_SCHEMA = "../schemas/config.schema.yaml"
+with open(workflow.source_path(CONFIG_SCHEMA)) as schema_file:
+    config.update(coerce_cli_strings(config, yaml.safe_load(schema_file)))
+validate(config, schema=CONFIG_SCHEMA)
+
+# Every job runs this checkout's package (also in a --sdm conda environment, which lacks it).
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={os.path.join(workflow.basedir, 'src')}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+ENV = "../../envs/ddpbench.yaml"
+
+
+wildcard_constraints:
+    world_size=r"\d+",
+    batch_size=r"\d+",
+    seed=r"\d+",
+
+
+def cores_available():
+    return len(os.sched_getaffinity(0))
+
+
+def gpus_available():
+    import torch  # imported only when a CUDA grid is asked for
+
+    return torch.cuda.device_count()
+
+
+def train_device():
+    device = config["train"]["device"]
+    if device == "auto":
+        return "cuda" if gpus_available() else "cpu"
+    return device
+
+
+def capacity():
+    """Ranks this machine can run at once: its cores (cpu) or GPUs (cuda)."""
+    return gpus_available() if train_device() == "cuda" else cores_available()
+
+
+def world_sizes():
+    grid = config["grid"]
+    limit, unit = capacity(), "GPUs" if train_device() == "cuda" else "cores"
+    if grid["world_sizes"] == "auto":
+        sizes = [w for w in (2**k for k in range(16)) if w <= max(limit, 1)]
+    else:
+        sizes = sorted(grid["world_sizes"])
+        too_big = [w for w in sizes if w > limit]
+        if too_big and not grid["allow_oversubscribe"]:
+            raise ValueError(
+                f"grid.world_sizes {too_big} exceed the {limit} {unit} available here; "
+                f"use world sizes up to {limit}, or set grid.allow_oversubscribe: true to run them anyway"
+            )
+    if 1 not in sizes:
+        raise ValueError(
+            "grid.world_sizes must include 1: speedup and efficiency are measured against the one-worker run"
+        )
+    return sizes
+
+
+def run_names():
+    return expand(
+        "ws{world_size}_bs{batch_size}_seed{seed}",
+        world_size=world_sizes(),
+        batch_size=config["grid"]["batch_sizes"],
+        seed=config["grid"]["seeds"],
+    )
+
+
+def run_files():
+    return expand("results/runs/{name}.json", name=run_names())
+
+
+def final_targets():
+    return ["results/summary.csv", "results/summary.json", "results/report.html"]
+
+
+# ---------------------------------------------------------------- data
+
+
+def dataset_dir():
+    return f"resources/{config['data']['source']}"
+
+
+def dataset_files(wildcards=None):
+    return [f"{dataset_dir()}/{name}" for name in DATASET_FILES]
+
+
+DATASET_FILES = [
+    "train_images.npy",
+    "train_labels.npy",
+    "test_images.npy",
+    "test_labels.npy",
+    "meta.json",
+]
+
+
+def output_dir(wildcards, output):
+    return os.path.dirname(output[0])
+
+
+def input_dir(wildcards, input):
+    return os.path.dirname(input[0])
+
+
+def cifar10_archive(wildcards):
+    return config["data"]["archive"] or "resources/cifar-10-python.tar.gz"
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_threads(wildcards):
+    """The job's cores: every rank gets threads_per_worker (auto: an equal share of the machine)."""
+    world_size = int(wildcards.world_size)
+    per_worker = config["train"]["threads_per_worker"]
+    if per_worker == "auto":
+        per_worker = max(1, cores_available() // world_size)
+    return world_size * per_worker
+
+
+def threads_per_worker(wildcards, threads):
+    """Threads each rank uses, from the threads Snakemake granted (it may scale them down)."""
+    per_worker = config["train"]["threads_per_worker"]
+    if per_worker == "auto":
+        return max(1, threads // int(wildcards.world_size))
+    return per_worker
+
+
+def train_gpus(wildcards):
+    return int(wildcards.world_size) if train_device() == "cuda" else 0
+
+
+def train_options():
+    """Command-line options of `python -m ddpbench.train` from the train section."""
+    t = config["train"]
+    options = {
+        "model": t["model"],
+        "epochs": t["epochs"],
+        "lr": t["lr"],
+        "momentum": t["momentum"],
+        "weight-decay": t["weight_decay"],
+        "batch-size-mode": t["batch_size_mode"],
+        "lr-scaling": t["lr_scaling"],
+        "base-batch-size": t["base_batch_size"],
+        "warmup-epochs": t["warmup_epochs"],
+        "augment": t["augment"],
+        "channels-last": t["channels_last"],
+        "precision": t["precision"],
+        "loader": t["loader"],
+        "device": train_device(),
+        "eval-batch-size": t["eval_batch_size"],
+        "timeout": t["timeout"],
+    }
+    if t["max_train_samples"] is not None:
+        options["max-train-samples"] = t["max_train_samples"]
+    if t["target_accuracy"] is not None:
+        options["target-accuracy"] = t["target_accuracy"]
+    return " ".join(f"--{key} {value}" for key, value in options.items())
