@@ -453,9 +453,24 @@ def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
     }
 
 
+def die_with_launcher() -> None:
+    """Under torchrun, end this rank when the launcher dies (say, a killed Snakemake job), so an
+    orphaned rank never finishes on its own and writes a result nobody asked for any more."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher was already gone before prctl took effect
+        sys.exit("torchrun exited before this rank started")
+
+
 @record
 def main(argv: list[str] | None = None) -> int:
     t_process = process_start_time()
+    die_with_launcher()
     cfg, level = parse_args(argv)
     d = init_distributed(cfg)
     setup_logging(level, d.rank)

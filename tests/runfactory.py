@@ -1,0 +1,90 @@
+"""Schema-valid run dicts with plausible numbers, for tests that need a grid of runs without
+training one (aggregation, the report)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node-a", model: str = "simple_cnn") -> dict:
+    """A plausible run: Amdahl-like times (serial fraction 0.15), accuracy falling with the world size."""
+    train_total = 20.0 * (1 + 0.03 * seed) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+    images = 2048
+    records, elapsed, time_to_target = [], 0.0, None
+    for e in range(1, epochs + 1):
+        train = train_total / epochs
+        data, step = 0.02 * train, 0.96 * train
+        exposed = step * (0.02 + (0.06 if ws > 1 else 0.0))
+        acc = 30.0 + 10.0 * e - 2.0 * math.log2(ws) + seed
+        elapsed += train + 0.5
+        if time_to_target is None and acc >= 50.0:
+            time_to_target = elapsed
+        records.append({
+            "epoch": e, "train_loss": 2.0 - 0.25 * e, "train_acc": acc + 3.0, "test_loss": 2.0 - 0.2 * e + 0.05 * ws,
+            "test_acc": acc, "lr": 0.01, "steps": images // (bs * ws) or 1, "images": images,
+            "train_time_s": train, "eval_time_s": 0.5, "data_time_s": data, "step_time_s": step,
+            "compute_time_s": step - exposed, "comm_time_s": 2 * exposed, "comm_exposed_time_s": exposed,
+            "throughput_img_s": images / train, "elapsed_s": elapsed, "train_time_max_s": train * 1.01,
+        })
+
+    def total(key):
+        return sum(r[key] for r in records)
+
+    threads = max(1, 8 // ws)
+    return {
+        "schema_version": 1,
+        "status": "ok",
+        "config": {
+            "data": "resources/cifar10", "out": f"results/runs/ws{ws}_bs{bs}_seed{seed}.json", "model": model,
+            "epochs": epochs, "batch_size": bs, "batch_size_mode": "per_worker", "lr": 0.01, "momentum": 0.9,
+            "weight_decay": 1e-4, "lr_scaling": "none", "base_batch_size": 128, "warmup_epochs": 0.0,
+            "augment": "none", "channels_last": True, "precision": "fp32", "device": "cpu", "backend": "gloo",
+            "threads_per_worker": threads, "loader": "resident", "seed": seed, "world_size": ws, "nnodes": 1,
+            "ranks_per_node": ws, "per_rank_batch_size": bs, "global_batch_size": bs * ws, "lr_effective": 0.01,
+            "max_train_samples": None, "target_accuracy": 50.0, "timeout": 120.0, "eval_batch_size": 500,
+        },
+        "model": {"name": model, "parameters": 1147914},
+        "dataset": {"source": "synthetic", "counts": {"train": images, "test": 512}, "train_samples_used": images,
+                    "test_samples": 512},
+        "epochs": records,
+        "totals": {
+            "train_loop_s": elapsed, "train_time_s": total("train_time_s"), "eval_time_s": total("eval_time_s"),
+            "data_time_s": total("data_time_s"), "step_time_s": total("step_time_s"),
+            "compute_time_s": total("compute_time_s"), "comm_time_s": total("comm_time_s"),
+            "comm_exposed_time_s": total("comm_exposed_time_s"), "images": images * epochs,
+            "throughput_img_s": images * epochs / total("train_time_s"), "final_test_acc": records[-1]["test_acc"],
+            "final_test_loss": records[-1]["test_loss"], "best_test_acc": max(r["test_acc"] for r in records),
+            "time_to_target_s": time_to_target, "process_start_to_first_step_s": 3.0 + 0.2 * ws,
+            "launch_to_first_step_s": None, "process_start_to_end_s": elapsed + 3.5,
+            "peak_rss_bytes_max": 900_000_000, "peak_rss_bytes_total": 900_000_000 * ws,
+        },
+        "ranks": [{"rank": r, "hostname": hostname, "pid": 1000 + r, "peak_rss_bytes": 900_000_000,
+                   "pss_bytes": 600_000_000, "peak_gpu_mem_bytes": None} for r in range(ws)],
+        "environment": {
+            "python": "3.11.7", "torch": "2.5.0", "torchvision": "0.20.0", "backend": "gloo", "device": "cpu",
+            "device_name": "Test CPU", "cpu_model": "Test CPU", "logical_cores": 8, "cores_available": 8,
+            "threads_per_rank": threads, "hostname": hostname, "platform": "Linux", "git_commit": None,
+            "hostnames": [hostname],
+        },
+        "timestamps": {"started_utc": f"2025-01-01T00:{ws:02d}:{seed:02d}+00:00",
+                       "finished_utc": f"2025-01-01T01:{ws:02d}:{seed:02d}+00:00"},
+    }
+
+
+def write_grid(folder: Path, world_sizes, batch_sizes, seeds, skip=(), **run_kwargs) -> tuple[list[Path], list[str]]:
+    """Run JSONs for the grid except the (ws, bs, seed) in skip; returns (paths, expected run names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, expected = [], []
+    for bs in batch_sizes:
+        for ws in world_sizes:
+            for seed in seeds:
+                name = f"ws{ws}_bs{bs}_seed{seed}"
+                expected.append(name)
+                if (ws, bs, seed) not in skip:
+                    path = folder / f"{name}.json"
+                    path.write_text(json.dumps(make_run(ws, bs, seed, **run_kwargs)))
+                    paths.append(path)
+    return paths, expected
+
+

@@ -1,0 +1,204 @@
+"""End to end through the `snakemake` CLI, in a temporary copy of the repository, on synthetic data.
+
+The tests run in file order and share one working copy: a full run, then the incremental
+behaviour on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, RUN_SCHEMA, bin_path, child_env, run
+
+COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "report", "envs", "src"]
+GRID = {
+    "data": {"source": "synthetic", "synthetic": {"train_size": 1024, "test_size": 256}},
+    "grid": {"world_sizes": [1, 2], "seeds": [0, 1]},
+    "train": {"epochs": 1},
+}
+RUNS = [f"ws{w}_bs128_seed{s}" for w in (1, 2) for s in (0, 1)]
+
+
+def copy_repo(dest: Path) -> Path:
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def write_config(workdir: Path, name: str, overrides: dict) -> str:
+    (workdir / name).write_text(yaml.safe_dump(overrides))
+    return name
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run([bin_path("snakemake"), "--cores", "all", *args], cwd=workdir, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints before running (or for a dry run)."""
+    table = output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return copy_repo(tmp_path_factory.mktemp("workflow"))
+
+
+@pytest.fixture(scope="module")
+def grid_config(workdir) -> str:
+    return write_config(workdir, "test-grid.yaml", GRID)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"data": {"source": "imagenet"}}, ["imagenet", "'cifar10'", "'synthetic'", "source"]),
+        ({"train": {"epoch": 3}}, ["epoch", "Additional properties"]),
+        ({"train": {"augment": "mixup"}}, ["mixup", "flip_crop", "augment"]),
+        ({"grid": {"world_sizes": [1, 512]}}, ["[512]", "allow_oversubscribe"]),
+        ({"grid": {"world_sizes": [2]}}, ["must include 1"]),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, override, expected):
+    copy_repo(tmp_path)
+    config = write_config(tmp_path, "bad.yaml", override)
+    result = snakemake(tmp_path, "--configfile", config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, output[-2000:]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_full_run_writes_every_output(workdir, grid_config):
+    result = snakemake(workdir, "--configfile", grid_config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    schema = json.loads(RUN_SCHEMA.read_text())
+    runs = {}
+    for name in RUNS:
+        runs[name] = json.loads((workdir / f"results/runs/{name}.json").read_text())
+        jsonschema.validate(runs[name], schema)
+        assert "Epoch [1/1]" in (workdir / f"logs/train/{name}.log").read_text()
+        assert (workdir / f"benchmarks/train/{name}.tsv").stat().st_size > 0
+    for name in ("train_images.npy", "test_labels.npy", "meta.json"):
+        assert (workdir / "resources/synthetic" / name).is_file()
+    for log in ("logs/data/synthetic_cache.log", "logs/aggregate.log", "logs/report.log"):
+        assert (workdir / log).is_file()
+    assert runs["ws2_bs128_seed0"]["config"]["threads_per_worker"] >= 1
+    assert runs["ws2_bs128_seed0"]["config"]["world_size"] == 2
+
+    table = pd.read_csv(workdir / "results/summary.csv")
+    summary = json.loads((workdir / "results/summary.json").read_text())
+    assert list(table.world_size) == [1, 2] and list(table.n_seeds) == [2, 2]
+    one, two = summary["rows"]
+    assert one["speedup_mean"] == 1.0 and one["efficiency_mean"] == 1.0
+    paired = [runs[f"ws1_bs128_seed{s}"]["totals"]["train_time_s"] / runs[f"ws2_bs128_seed{s}"]["totals"]["train_time_s"]
+              for s in (0, 1)]
+    assert two["speedup_mean"] == pytest.approx(sum(paired) / 2)
+    assert two["efficiency_mean"] == pytest.approx(two["speedup_mean"] / 2)
+    assert summary["missing_runs"] == []
+    html = (workdir / "results/report.html").read_text()
+    assert "<script" not in html and html.count("<svg") >= 6
+    assert sorted(p.name for p in (workdir / "results/plots").iterdir())
+
+
+def test_second_run_has_nothing_to_do(workdir, grid_config):
+    cache = workdir / "resources/synthetic/train_images.npy"
+    before = cache.stat().st_mtime_ns
+    result = snakemake(workdir, "--configfile", grid_config)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+    assert cache.stat().st_mtime_ns == before
+
+
+def test_changing_epochs_reruns_the_training_jobs(workdir):
+    config = write_config(workdir, "more-epochs.yaml", {**GRID, "train": {"epochs": 2}})
+    result = snakemake(workdir, "--configfile", config, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 4 and "synthetic_cache" not in counts
+
+
+def test_adding_a_seed_runs_only_the_new_jobs(workdir):
+    config = write_config(workdir, "three-seeds.yaml", {**GRID, "grid": {"world_sizes": [1, 2], "seeds": [0, 1, 2]}})
+    old = {name: (workdir / f"results/runs/{name}.json").stat().st_mtime_ns for name in RUNS}
+    result = snakemake(workdir, "--configfile", config)
+    assert result.returncode == 0, result.stdout[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["train"] == 2 and counts["aggregate"] == 1 and "synthetic_cache" not in counts
+    assert {name: (workdir / f"results/runs/{name}.json").stat().st_mtime_ns for name in RUNS} == old
+    assert [r["n_seeds"] for r in json.loads((workdir / "results/summary.json").read_text())["rows"]] == [3, 3]
+
+
+def _launcher_pid(out: Path) -> int:
+    """The torchrun process that trains towards ``out``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"torchrun" in part for part in cmdline[:2]) and str(out).encode() in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no torchrun process writing {out}")
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "killed_job"])
+def test_interrupted_run_leaves_no_trusted_result(workdir, how):
+    """Ctrl-C (SIGINT to the terminal's process group) or a killed training job: no run JSON
+    appears, and the next invocation runs the job again."""
+    seed = 7 if how == "ctrl_c" else 8
+    config = write_config(workdir, f"long-{how}.yaml", {**GRID, "grid": {"world_sizes": [1], "seeds": [seed]},
+                                                        "train": {"epochs": 100}})
+    name = f"ws1_bs128_seed{seed}"
+    target, log = workdir / f"results/runs/{name}.json", workdir / f"logs/train/{name}.log"
+    proc = subprocess.Popen([bin_path("snakemake"), "--cores", "all", "--configfile", config], cwd=workdir,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "Epoch [1/100]" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        if how == "ctrl_c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(_launcher_pid(Path("results/runs") / f"{name}.json"), signal.SIGKILL)
+        proc.communicate(timeout=120)
+        time.sleep(3)  # an orphaned rank, were there one, would go on writing
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert not target.exists() and not list(target.parent.glob(".*.tmp"))
+    dry = snakemake(workdir, "--configfile", config, "--dry-run")
+    assert job_counts(dry.stdout)["train"] == 1
+
+
+def test_lint_format_and_snakemake_report(workdir, grid_config):
+    lint = snakemake(workdir, "--configfile", grid_config, "--lint")
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout[-3000:]
+    fmt = run([bin_path("snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=workdir)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    report = snakemake(workdir, "--configfile", grid_config, "--report", "results/snakemake-report.zip")
+    assert report.returncode == 0, report.stderr[-3000:]
+    with zipfile.ZipFile(workdir / "results/snakemake-report.zip") as archive:
+        names = archive.namelist()
+    assert any(n.endswith("report.html") for n in names) and any(n.endswith("summary.csv") for n in names)
