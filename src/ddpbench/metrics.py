@@ -135,6 +135,24 @@ def pss_bytes() -> int | None:
     return None
 
 
+def mapped_file_memory(suffix: str) -> dict[str, int] | None:
+    """Resident and proportional memory of this process's mappings of files ending in ``suffix``
+    (the memory-mapped dataset): PSS summed over ranks shows whether they share one copy."""
+    totals = {"rss_bytes": 0, "pss_bytes": 0}
+    try:
+        with open("/proc/self/smaps") as fh:
+            current = False
+            for line in fh:
+                first = line.split(maxsplit=1)[0]
+                if "-" in first and not first.endswith(":"):  # a mapping's header line
+                    current = line.rstrip().endswith(suffix)
+                elif current and first in ("Rss:", "Pss:"):
+                    totals["rss_bytes" if first == "Rss:" else "pss_bytes"] += int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return totals
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

@@ -88,7 +88,8 @@ def world_sizes():
         sizes = [w for w in (2**k for k in range(16)) if w <= max(limit, 1)]
     else:
         sizes = sorted(grid["world_sizes"])
-        too_big = [w for w in sizes if w > limit]
+        # With ranks_per_node set, nodes come from the cluster: this machine's size does not bound them.
+        too_big = [w for w in sizes if w > limit] if ranks_per_node() is None else []
         if too_big and not grid["allow_oversubscribe"]:
             raise ValueError(
                 f"grid.world_sizes {too_big} exceed the {limit} {unit} available here; "
@@ -98,7 +99,35 @@ def world_sizes():
         raise ValueError(
             "grid.world_sizes must include 1: speedup and efficiency are measured against the one-worker run"
         )
+    for w in sizes:
+        nodes(
+            w
+        )  # a world size that does not split evenly over nodes fails here, before any job
     return sizes
+
+
+def ranks_per_node():
+    value = config["train"]["ranks_per_node"]
+    return None if value == "auto" else value
+
+
+def nodes(world_size):
+    """Nodes a world size spans: 1 unless train.ranks_per_node is set and smaller."""
+    per_node = ranks_per_node()
+    if per_node is None or world_size <= per_node:
+        return 1
+    if world_size % per_node:
+        raise ValueError(
+            f"world size {world_size} does not split into nodes of train.ranks_per_node = {per_node} ranks; "
+            "use world sizes that are multiples of it"
+        )
+    return world_size // per_node
+
+
+def world_size_pattern(multinode):
+    """A wildcard constraint matching the grid's one-node (or multi-node) world sizes exactly."""
+    sizes = [w for w in world_sizes() if (nodes(w) > 1) == multinode]
+    return "|".join(map(str, sizes)) if sizes else "(?!)"
 
 
 def run_names():
@@ -153,25 +182,39 @@ def cifar10_archive(wildcards):
 # ---------------------------------------------------------------- training
 
 
-def train_threads(wildcards):
-    """The job's cores: every rank gets threads_per_worker (auto: an equal share of the machine)."""
+def ranks_on_node(wildcards):
     world_size = int(wildcards.world_size)
+    return world_size // nodes(world_size)
+
+
+def train_threads(wildcards):
+    """A node's cores for the job: each of its ranks gets threads_per_worker (auto: an equal
+    share of this machine's cores)."""
+    ranks = ranks_on_node(wildcards)
     per_worker = config["train"]["threads_per_worker"]
     if per_worker == "auto":
-        per_worker = max(1, cores_available() // world_size)
-    return world_size * per_worker
+        per_worker = max(1, cores_available() // ranks)
+    return ranks * per_worker
 
 
 def threads_per_worker(wildcards, threads):
     """Threads each rank uses, from the threads Snakemake granted (it may scale them down)."""
     per_worker = config["train"]["threads_per_worker"]
     if per_worker == "auto":
-        return max(1, threads // int(wildcards.world_size))
+        return max(1, threads // ranks_on_node(wildcards))
     return per_worker
 
 
+def train_nodes(wildcards):
+    return nodes(int(wildcards.world_size))
+
+
 def train_gpus(wildcards):
-    return int(wildcards.world_size) if train_device() == "cuda" else 0
+    return ranks_on_node(wildcards) if train_device() == "cuda" else 0
+
+
+def train_gres(wildcards):
+    return f"gpu:{train_gpus(wildcards)}" if train_device() == "cuda" else ""
 
 
 def train_options():

@@ -47,3 +47,8 @@ rule synthetic_cache:
     shell:
         "python -m ddpbench.data synthetic --train-size {params.train_size} --test-size {params.test_size}"
         " --seed {params.seed} --out {params.out_dir} > {log} 2>&1"
+
+
+# Compute nodes often have no internet: download where Snakemake runs.
+localrules:
+    download_cifar10,

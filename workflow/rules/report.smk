@@ -62,3 +62,10 @@ rule html_report:
     shell:
         "python -m ddpbench.report --summary {input.summary} --config {input.config} --runs {input.runs}"
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots} > {log} 2>&1"
+
+
+# Seconds of work each: not worth a cluster job.
+localrules:
+    aggregate,
+    workflow_config,
+    html_report,

@@ -1,0 +1,57 @@
+"""gloo (or nccl) all-reduce of a gradient-sized float32 buffer; run under torchrun.
+
+    torchrun --standalone --nproc-per-node 2 bench/allreduce.py --numel 1147914
+
+Rank 0 prints one JSON line: median, min and max seconds per call over the timed calls, and
+the bus bandwidth 2 (W - 1) / W x bytes / time (the ring all-reduce's traffic per rank).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--numel", type=int, default=1_147_914)
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if int(os.environ["WORLD_SIZE"]) == int(os.environ["LOCAL_WORLD_SIZE"]):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=60))
+    buffer = torch.ones(args.numel, device="cuda" if cuda else "cpu")
+    world = dist.get_world_size()
+    times = []
+    for i in range(args.calls + 5):
+        dist.barrier()
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dist.all_reduce(buffer)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 5:  # the first calls set up connections
+            times.append(time.perf_counter() - start)
+    if dist.get_rank() == 0:
+        median = statistics.median(times)
+        nbytes = 4 * args.numel
+        print(json.dumps({
+            "world_size": world, "bytes": nbytes, "median_s": median, "min_s": min(times), "max_s": max(times),
+            "bus_bandwidth_gb_s": 2 * (world - 1) / world * nbytes / median / 1e9,
+        }))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The compute bound: forward + backward + optimizer step of the model on tensors already in
+memory (same batch, threads and memory format as a training run; no data loading, no DDP).
+
+    python bench/compute_bound.py --threads 2 --batch-size 128 [--device cuda] [--steps 60]
+
+Prints one JSON line: images/s over the timed steps, after untimed warm-up steps.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from ddpbench.models import build_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="simple_cnn")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", choices=("on", "off"), default="on")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--pin", choices=("on", "off"), default="on",
+                   help="pin to the first --threads available cores, as the engine pins a rank")
+    args = p.parse_args()
+    if args.pin == "on":
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if args.channels_last == "on" else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_model(args.model).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def step():
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"images_per_s": args.batch_size * args.steps / seconds, "seconds": seconds, **vars(args)}))
+
+
+if __name__ == "__main__":
+    main()

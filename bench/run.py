@@ -1,0 +1,225 @@
+"""ddpbench's performance benchmark: is the training path close to what the hardware can do?
+
+    python bench/run.py [--data resources/cifar10] [--reps 3] [--epochs 2] [--out bench/results/NAME.json]
+
+Measures, on this machine and in one run, interleaving the repetitions so that drifts in the
+machine's speed hit every figure alike:
+  1. the compute bound (bench/compute_bound.py) at the threads of world size 1 and of the
+     largest world size;
+  2. the engine (torchrun -m ddpbench.train) at world size 1 and at the largest world size:
+     images/s over the epochs after the first (the first epoch's warm-up is reported apart);
+  3. the study's classic per-sample pipeline (--loader dataloader) at world size 1;
+  4. all-reduce of a gradient-sized buffer at every world size above 1;
+  5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
+Each figure is the median of the repetitions, with min and max. Every measurement runs alone
+on the machine (one after the other), never two at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ddpbench.data import make_synthetic, read_meta
+from ddpbench.io import atomic_write_json
+from ddpbench.metrics import cores_available, cpu_model, utc_now
+
+BENCH = Path(__file__).resolve().parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run a command that prints one JSON line last; fail loudly with its output."""
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compute_bound(threads: int, args) -> float:
+    cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
+           str(args.batch_size), "--device", args.device, "--precision", args.precision]
+    return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
+
+
+def engine(world_size: int, threads: int, loader: str, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
+               "--data", str(args.data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
+               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader, "--device",
+               args.device, "--precision", args.precision, "--quiet"]
+        if args.max_train_samples:
+            cmd += ["--max-train-samples", str(args.max_train_samples)]
+        env = {"OMP_NUM_THREADS": str(threads), "DDPBENCH_LAUNCH_TIME": f"{time.time():.6f}"}
+        subprocess.run(cmd, check=True, timeout=7200, env={**os.environ, **env})
+        run = json.loads(out.read_text())
+    epochs = run["epochs"]
+    steady = epochs[1:] or epochs
+    images = sum(e["images"] for e in steady)
+    train = sum(e["train_time_s"] for e in steady)
+    step = sum(e["step_time_s"] for e in steady)
+    exposed = [e["comm_exposed_time_s"] for e in steady]
+    dataset = [r.get("dataset_memory") for r in run["ranks"]]
+    return {
+        "images_per_s": images / train,
+        "first_epoch_images_per_s": epochs[0]["throughput_img_s"],
+        "comm_share_of_step": sum(exposed) / step if None not in exposed else None,
+        "data_share_of_train": sum(e["data_time_s"] for e in steady) / train,
+        "launch_to_first_step_s": run["totals"]["launch_to_first_step_s"],
+        "peak_rss_bytes_per_rank": [r["peak_rss_bytes"] for r in run["ranks"]],
+        "peak_rss_bytes_total": sum(r["peak_rss_bytes"] for r in run["ranks"]),
+        "pss_bytes_total": sum(r["pss_bytes"] or 0 for r in run["ranks"]),
+        "dataset_rss_bytes_total": sum(d["rss_bytes"] for d in dataset) if None not in dataset else None,
+        "dataset_pss_bytes_total": sum(d["pss_bytes"] for d in dataset) if None not in dataset else None,
+        "peak_gpu_mem_bytes": max((r["peak_gpu_mem_bytes"] or 0) for r in run["ranks"]) or None,
+    }
+
+
+def allreduce(world_size: int, args) -> dict:
+    cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", str(BENCH / "allreduce.py"),
+           "--device", args.device]
+    return run_json(cmd, env={"OMP_NUM_THREADS": "1"})
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(samples: dict[str, list]) -> dict:
+    """Median/min/max of every numeric field of every measurement."""
+    out = {}
+    for name, reps in samples.items():
+        if isinstance(reps[0], dict):
+            out[name] = {k: spread([r[k] for r in reps]) for k, v in reps[0].items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool) and None not in [r[k] for r in reps]}
+        else:
+            out[name] = spread(reps)
+    return out
+
+
+def prepare_data(args) -> None:
+    if args.data is None:
+        default = Path("resources/cifar10")
+        if (default / "meta.json").exists():
+            args.data = default
+        else:
+            args.data = Path(tempfile.mkdtemp(prefix="ddpbench-bench-"))
+            print(f"no resources/cifar10: generating 10,000 synthetic images in {args.data}", file=sys.stderr)
+            make_synthetic(args.data, 10_000, 2_000)
+    args.data_meta = read_meta(args.data)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="dataset cache (default: resources/cifar10, else synthetic)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2, help="per engine run; the first is warm-up")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--max-world-size", type=int, help="default: the cores (cpu) or GPUs (cuda)")
+    p.add_argument("--skip-classic", action="store_true", help="leave out the per-sample DataLoader pipeline")
+    p.add_argument("--out", type=Path, help="JSON to write (default: bench/results/<host>-<device>.json)")
+    args = p.parse_args()
+    prepare_data(args)
+    cores = cores_available()
+    capacity = torch.cuda.device_count() if args.device == "cuda" else cores
+    w_max = args.max_world_size or capacity
+    threads_1 = cores if args.device == "cpu" else 1
+    threads_max = max(1, cores // w_max) if args.device == "cpu" else 1
+
+    samples: dict[str, list] = {}
+    plan = [
+        (f"compute_bound_{threads_1}t", lambda: compute_bound(threads_1, args)),
+        ("engine_ws1", lambda: engine(1, threads_1, "resident", args)),
+    ]
+    if not args.skip_classic:
+        plan.append(("classic_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)))
+    if w_max > 1:
+        if threads_max != threads_1:
+            plan.append((f"compute_bound_{threads_max}t", lambda: compute_bound(threads_max, args)))
+        plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
+        for w in sorted({2, w_max}):
+            plan.append((f"allreduce_ws{w}", lambda w=w: allreduce(w, args)))
+    for rep in range(args.reps):  # interleaved: every figure sees the same machine drift
+        for name, measure in plan:
+            t0 = time.perf_counter()
+            samples.setdefault(name, []).append(measure())
+            print(f"rep {rep + 1}/{args.reps} {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+
+    figures = summarize(samples)
+    med = {k: v["images_per_s"]["median"] if "images_per_s" in v else v.get("median") for k, v in figures.items()}
+    dataset_bytes = (Path(args.data) / "train_images.npy").stat().st_size + (Path(args.data) / "test_images.npy").stat().st_size
+    targets = {
+        "ws1_vs_compute_bound": med["engine_ws1"] / med[f"compute_bound_{threads_1}t"],
+    }
+    if not args.skip_classic:
+        targets["ws1_vs_classic_pipeline"] = med["engine_ws1"] / med["classic_dataloader_ws1"]
+    if w_max > 1:
+        targets[f"ws{w_max}_vs_{w_max}x_compute_bound_{threads_max}t"] = (
+            med[f"engine_ws{w_max}"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+        targets[f"rss_increase_ws1_to_ws{w_max}_over_dataset"] = (
+            (figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
+             - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]) / dataset_bytes)
+        targets[f"pss_increase_ws1_to_ws{w_max}_over_dataset"] = (
+            (figures[f"engine_ws{w_max}"]["pss_bytes_total"]["median"]
+             - figures["engine_ws1"]["pss_bytes_total"]["median"]) / dataset_bytes)
+    result = {
+        "generated_utc": utc_now(),
+        "machine": {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "cores_available": cores,
+                    "device": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_model(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "settings": {"data": str(args.data), "dataset_source": args.data_meta["source"],
+                     "dataset_image_bytes": dataset_bytes, "reps": args.reps, "epochs": args.epochs,
+                     "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
+                     "device": args.device, "precision": args.precision, "threads_ws1": threads_1,
+                     f"threads_ws{w_max}": threads_max, "command": " ".join(sys.argv)},
+        "figures": figures,
+        "ratios_of_medians": targets,
+        "samples": samples,
+    }
+    out = args.out or BENCH / "results" / f"{socket.gethostname()}-{args.device}.json"
+    atomic_write_json(out, result)
+    print(table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def table(result: dict) -> str:
+    lines = [f"{'measurement':34} {'median':>12} {'min':>12} {'max':>12}  unit"]
+    for name, fig in result["figures"].items():
+        key, unit = ("images_per_s", "images/s") if "images_per_s" in fig else ("median_s", "s/call")
+        if name.startswith("compute_bound"):
+            f, unit = fig, "images/s"
+        else:
+            f = fig[key]
+        lines.append(f"{name:34} {f['median']:12.1f} {f['min']:12.1f} {f['max']:12.1f}  {unit}" if unit == "images/s"
+                     else f"{name:34} {f['median'] * 1e3:12.2f} {f['min'] * 1e3:12.2f} {f['max'] * 1e3:12.2f}  ms/call"
+                     f" ({fig['bus_bandwidth_gb_s']['median']:.2f} GB/s bus)")
+        if name.startswith("engine") or name.startswith("classic"):
+            extra = [f"first epoch {fig['first_epoch_images_per_s']['median']:.0f} img/s",
+                     f"launch->step {fig['launch_to_first_step_s']['median']:.1f}s",
+                     f"peak RSS total {fig['peak_rss_bytes_total']['median'] / 2**20:.0f} MiB",
+                     f"PSS total {fig['pss_bytes_total']['median'] / 2**20:.0f} MiB"]
+            if "comm_share_of_step" in fig:
+                extra.append(f"comm {100 * fig['comm_share_of_step']['median']:.1f}% of step")
+            lines.append(" " * 36 + ", ".join(extra))
+    lines.append("ratios of medians: " + ", ".join(f"{k} = {v:.2f}" for k, v in result["ratios_of_medians"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
