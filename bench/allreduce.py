@@ -30,7 +30,7 @@ def main() -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=60))
-    buffer = torch.ones(args.numel, device="cuda" if cuda else "cpu")
+    buffer = torch.zeros(args.numel, device="cuda" if cuda else "cpu")  # sums of zeros never overflow
     world = dist.get_world_size()
     times = []
     for i in range(args.calls + 5):

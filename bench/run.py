@@ -9,7 +9,7 @@ machine's speed hit every figure alike:
   2. the engine (torchrun -m ddpbench.train) at world size 1 and at the largest world size:
      images/s over the epochs after the first (the first epoch's warm-up is reported apart);
   3. the study's classic per-sample pipeline (--loader dataloader) at world size 1;
-  4. all-reduce of a gradient-sized buffer at every world size above 1;
+  4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size;
   5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
 on the machine (one after the other), never two at a time.
@@ -47,9 +47,10 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def compute_bound(threads: int, args) -> float:
+def compute_bound(threads: int, args, channels_last: str = "on") -> float:
     cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
-           str(args.batch_size), "--device", args.device, "--precision", args.precision]
+           str(args.batch_size), "--device", args.device, "--precision", args.precision,
+           "--channels-last", channels_last]
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
@@ -62,7 +63,8 @@ def engine(world_size: int, threads: int, loader: str, args) -> dict:
                args.device, "--precision", args.precision, "--quiet"]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
-        env = {"OMP_NUM_THREADS": str(threads), "DDPBENCH_LAUNCH_TIME": f"{time.time():.6f}"}
+        # Measurements run one at a time, so the engine may pin its ranks as in the workflow.
+        env = {"OMP_NUM_THREADS": str(threads), "DDPBENCH_PIN": "1", "DDPBENCH_LAUNCH_TIME": f"{time.time():.6f}"}
         subprocess.run(cmd, check=True, timeout=7200, env={**os.environ, **env})
         run = json.loads(out.read_text())
     epochs = run["epochs"]
@@ -144,6 +146,8 @@ def main() -> int:
     samples: dict[str, list] = {}
     plan = [
         (f"compute_bound_{threads_1}t", lambda: compute_bound(threads_1, args)),
+        # What train.channels_last: auto (= on) is chosen against.
+        (f"compute_bound_{threads_1}t_contiguous", lambda: compute_bound(threads_1, args, channels_last="off")),
         ("engine_ws1", lambda: engine(1, threads_1, "resident", args)),
     ]
     if not args.skip_classic:
@@ -165,6 +169,7 @@ def main() -> int:
     dataset_bytes = (Path(args.data) / "train_images.npy").stat().st_size + (Path(args.data) / "test_images.npy").stat().st_size
     targets = {
         "ws1_vs_compute_bound": med["engine_ws1"] / med[f"compute_bound_{threads_1}t"],
+        "channels_last_vs_contiguous": med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_contiguous"],
     }
     if not args.skip_classic:
         targets["ws1_vs_classic_pipeline"] = med["engine_ws1"] / med["classic_dataloader_ws1"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+
+def _stamp(minutes: int) -> str:
+    return (datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
 
 def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node-a", model: str = "simple_cnn") -> dict:
     """A plausible run: Amdahl-like times (serial fraction 0.15), accuracy falling with the world size."""
@@ -67,8 +72,8 @@ def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node
             "threads_per_rank": threads, "hostname": hostname, "platform": "Linux", "git_commit": None,
             "hostnames": [hostname],
         },
-        "timestamps": {"started_utc": f"2025-01-01T00:{ws:02d}:{seed:02d}+00:00",
-                       "finished_utc": f"2025-01-01T01:{ws:02d}:{seed:02d}+00:00"},
+        # One after the other, as the workflow runs them: two minutes apart, one minute long.
+        "timestamps": {"started_utc": _stamp(2 * (100 * ws + bs + seed)), "finished_utc": _stamp(2 * (100 * ws + bs + seed) + 1)},
     }
 
 

@@ -165,7 +165,7 @@ def send(handler, body: bytes, declared: int | None = None):
 
 
 def no_temp_files(directory: Path) -> bool:
-    return not [p for p in directory.iterdir() if p.name.endswith(".part")]
+    return not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_download_verifies_and_renames(tmp_path):

@@ -219,3 +219,15 @@ def test_runs_without_config_show_the_options_they_share(grid):
     config = config[: config.index("</pre>")]
     assert "model: simple_cnn" in config and "epochs: 3" in config
     assert "seed:" not in config and "world_size:" not in config  # these vary by design
+
+
+def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
+    paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1])
+    runs = report.load_runs(paths)
+    assert report.overlapping_runs(runs) == []
+    shared = json.loads(paths[3].read_text())
+    shared["timestamps"] = dict(json.loads(paths[0].read_text())["timestamps"])  # same minute as ws1 seed 0
+    paths[3].write_text(json.dumps(shared))
+    summary, _ = aggregate(paths, SCHEMA, expected)
+    html = report.render(json.loads(json.dumps(summary)), report.load_runs(paths), None, None, tmp_path / "r.html")
+    assert "ws1_bs128_seed0 and ws2_bs128_seed1 on node-a" in html

@@ -88,6 +88,23 @@ def test_bad_config_fails_before_any_job(tmp_path, override, expected):
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
+def test_multinode_world_sizes_go_through_srun_and_c10d(workdir):
+    """ranks_per_node splits a world size over nodes: one srun task per node, each a torchrun
+    joining the c10d rendezvous; world sizes that fit one node keep --standalone."""
+    config = write_config(workdir, "multinode.yaml", {**GRID, "grid": {"world_sizes": [1, 2, 4], "seeds": [0]},
+                                                      "train": {"ranks_per_node": 2, "threads_per_worker": 1}})
+    result = snakemake(workdir, "--configfile", config, "--dry-run", "--printshellcmds")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout)["train"] == 2 and job_counts(result.stdout)["train_multinode"] == 1
+    assert "srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=2" in result.stdout
+    assert "torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d" in result.stdout
+    assert "torchrun --standalone --nproc-per-node 2" in result.stdout
+    uneven = write_config(workdir, "uneven.yaml", {**GRID, "grid": {"world_sizes": [1, 3], "seeds": [0]},
+                                                   "train": {"ranks_per_node": 2}})
+    bad = snakemake(workdir, "--configfile", uneven, "--dry-run")
+    assert bad.returncode != 0 and "does not split into nodes" in bad.stdout + bad.stderr
+
+
 def test_full_run_writes_every_output(workdir, grid_config):
     result = snakemake(workdir, "--configfile", grid_config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -190,6 +207,20 @@ def test_interrupted_run_leaves_no_trusted_result(workdir, how):
     assert not target.exists() and not list(target.parent.glob(".*.tmp"))
     dry = snakemake(workdir, "--configfile", config, "--dry-run")
     assert job_counts(dry.stdout)["train"] == 1
+
+
+def test_partial_report_lists_what_is_missing(workdir):
+    """After failures, `snakemake partial_report` reports the runs that exist and names the rest."""
+    config = write_config(workdir, "partial.yaml", {**GRID, "grid": {"world_sizes": [1, 2], "seeds": [0, 1, 9]}})
+    result = snakemake(workdir, "partial_report", "--configfile", config)  # --configfile takes several files
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert "train" not in counts and counts["partial_report"] == 1
+    summary = json.loads((workdir / "results/partial/summary.json").read_text())
+    assert summary["missing_runs"] == [{"world_size": 1, "batch_size": 128, "seed": 9},
+                                       {"world_size": 2, "batch_size": 128, "seed": 9}]
+    html = (workdir / "results/partial/report.html").read_text()
+    assert "ws1_bs128_seed9" in html and "ws2_bs128_seed9" in html
 
 
 def test_lint_format_and_snakemake_report(workdir, grid_config):

@@ -231,7 +231,9 @@ def aggregate(paths: list[Path], schema: Path | None = None, expected: list[str]
         "generated_utc": utc_now(),
         "definitions": {
             "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
-            "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size",
+            "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size (a seed without its own "
+                       "one-worker run is compared with the mean one-worker time)",
+            "time_to_target": "mean over the runs that reached the target accuracy (n_reached_target of them)",
             "efficiency": "speedup / world_size",
             "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1",
             "ci95": "mean +- t(0.975, n-1) * sd / sqrt(n) across seeds; empty for one seed",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import io
 import json
 import math
@@ -18,7 +19,6 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpbench.io import atomic_write_bytes, atomic_write_json
+from ddpbench.io import atomic_write_bytes, atomic_write_json, create_temp
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -44,6 +44,7 @@ _TRAIN_BATCHES = tuple(f"{_MEMBER_DIR}/data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = f"{_MEMBER_DIR}/test_batch"
 _META_MEMBER = f"{_MEMBER_DIR}/batches.meta"
 SPLITS = ("train", "test")
+_MAX_MEMBER_BYTES = 64 << 20  # the largest official member is about 31 MB
 OFFLINE_HINT = (
     "Without network, set data.archive to a local cifar-10-python.tar.gz (and data.md5 to its md5), "
     "or use data.source: synthetic."
@@ -108,8 +109,7 @@ def download(
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
+        fd, tmp = create_temp(dest)
         try:
             digest = hashlib.md5()
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -135,9 +135,10 @@ def download(
             return dest
         except DataError:
             raise
-        except (OSError, urllib.error.URLError, ValueError) as err:  # ValueError: malformed URL
+        except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: malformed URL
             last_error = err
-            if isinstance(err, ValueError):
+            client_error = isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500
+            if isinstance(err, ValueError) or client_error:  # asking again gets the same answer
                 break
         finally:
             tmp.unlink(missing_ok=True)
@@ -179,6 +180,8 @@ def read_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                     kind = "link" if (member.issym() or member.islnk()) else "device or special file"
                     raise DataError(f"unsafe member {name!r} ({kind}) in archive {archive}: refusing to read it")
                 normalized = "/".join(p for p in parts if p != ".")
+                if normalized in wanted and member.size > _MAX_MEMBER_BYTES:
+                    raise DataError(f"member {name!r} of {archive} is {member.size} bytes: too large for CIFAR-10")
                 if normalized in wanted and member.isfile():
                     found[normalized] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as err:
@@ -284,7 +287,8 @@ def convert_cifar10(
         "test": parse_batch(members[_TEST_BATCH], _TEST_BATCH),
     }
     for split in SPLITS:
-        check_split(split, *splits[split], expected=expected[split])
+        if len(splits[split][1]) != expected[split]:
+            raise DataError(f"{split} split has {len(splits[split][1])} samples, expected {expected[split]}")
     write_cache(out_dir, splits, {"source": "cifar10", "archive_md5": md5 or md5sum(archive)})
 
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def process_start_time() -> float:
@@ -181,7 +181,7 @@ def git_commit(cwd: str | None = None) -> str | None:
         return None
 
 
-def environment(device: torch.device, backend: str, threads_per_rank: int) -> dict:
+def environment(device: torch.device, backend: str, threads_per_rank: int, cores: int) -> dict:
     try:
         import torchvision
 
@@ -198,7 +198,7 @@ def environment(device: torch.device, backend: str, threads_per_rank: int) -> di
         "device_name": device_name,
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "cores_available": cores_available(),
+        "cores_available": cores,
         "threads_per_rank": threads_per_rank,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

@@ -183,6 +183,23 @@ def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
     return rows
 
 
+def overlapping_runs(runs: dict) -> list[tuple[str, str, str]]:
+    """Pairs of runs whose training overlapped in time on a shared host: (host, run, run)."""
+    spans = []
+    for key, run in runs.items():
+        started, finished = run["timestamps"]["started_utc"], run["timestamps"]["finished_utc"]
+        for host in run["environment"]["hostnames"]:
+            spans.append((host, started, finished, run_name(*key)))
+    spans.sort()
+    pairs = []
+    for i, (host, start, end, name) in enumerate(spans):
+        for other_host, other_start, _, other in spans[i + 1:]:
+            if other_host != host or other_start >= end:
+                break
+            pairs.append((host, name, other))
+    return pairs
+
+
 def method_facts(summary: dict, runs: dict) -> dict:
     """The numbers the "How this was measured" section quotes."""
     threads = sorted({(r["world_size"], r["threads_per_worker"]) for r in summary["rows"]})
@@ -201,6 +218,7 @@ def method_facts(summary: dict, runs: dict) -> dict:
         "comm_timed": any(r["totals"]["comm_exposed_time_s"] is not None for r in runs.values()),
         "startup_mean_s": sum(startup) / len(startup) if startup else None,
         "model": f'{first["model"]["name"]} ({first["model"]["parameters"]:,} parameters)' if first else "–",
+        "overlaps": overlapping_runs(runs),
     }
 
 
@@ -230,78 +248,69 @@ def batch_label(bs: int, many: bool) -> str:
     return f"batch {bs}" if many else "measured"
 
 
-def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
+def world_size_plot(rows: list[dict], key: str, yerr, ylabel: str, title: str, scale: float = 1.0,
+                    from_zero: bool = True, per_batch=None, ideal=None) -> Figure:
+    """One line per batch size of ``key`` against the world size, with error bars.
+
+    ``yerr(group)`` gives the error bars; ``ideal(ax, sizes)`` draws a reference first;
+    ``per_batch(ax, group, sizes, values, colour)`` adds to each batch size's line."""
     fig = Figure(figsize=SINGLE, layout="constrained")
     ax = fig.add_subplot()
     groups = by_batch(rows)
     sizes = [r["world_size"] for r in rows]
-    ax.plot(sorted(set(sizes)), sorted(set(sizes)), "--", color="#9ca3af", label="ideal (S = W)")
+    if ideal:
+        ideal(ax, sorted(set(sizes)))
     for i, (bs, g) in enumerate(groups.items()):
         colour = PALETTE[i % len(PALETTE)]
-        w = series(g, "world_size")
-        ax.errorbar(w, series(g, "speedup_mean"), yerr=ci_errors(g, "speedup_mean", "speedup_ci95_low",
-                    "speedup_ci95_high"), fmt="o-", color=colour, capsize=3, label=batch_label(bs, len(groups) > 1))
-        f = amdahl.get(str(bs), amdahl.get(bs))
+        w, y = series(g, "world_size"), scale * series(g, key)
+        ax.errorbar(w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour,
+                    label=batch_label(bs, len(groups) > 1))
+        if per_batch:
+            per_batch(ax, g, w, y, colour)
+    world_axis(ax, sizes)
+    ax.set_ylabel(ylabel)
+    if from_zero:
+        ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
+    def fit(ax, g, w, y, colour):
+        f = amdahl.get(str(g[0]["batch_size"]), amdahl.get(g[0]["batch_size"]))
         if f is not None:
             dense = np.linspace(min(w), max(w), 100)
             ax.plot(dense, 1.0 / (f + (1.0 - f) / dense), ":", color=colour, label=f"Amdahl fit, f = {f:.3f}")
-    world_axis(ax, sizes)
-    ax.set_ylabel("speedup T(1) / T(W)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Speedup (95 % CI across seeds)")
-    ax.legend()
-    return fig
+
+    return world_size_plot(
+        rows, "speedup_mean", lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
+        "speedup T(1) / T(W)", "Speedup (95 % CI across seeds)", per_batch=fit,
+        ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"))
 
 
 def efficiency_plot(rows: list[dict]) -> Figure:
-    fig = Figure(figsize=SINGLE, layout="constrained")
-    ax = fig.add_subplot()
-    groups = by_batch(rows)
-    ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)")
-    for i, (bs, g) in enumerate(groups.items()):
-        err = 100 * ci_errors(g, "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high")
-        ax.errorbar(series(g, "world_size"), 100 * series(g, "efficiency_mean"), yerr=err, fmt="o-", capsize=3,
-                    color=PALETTE[i % len(PALETTE)], label=batch_label(bs, len(groups) > 1))
-    world_axis(ax, [r["world_size"] for r in rows])
-    ax.set_ylabel("parallel efficiency (%)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Efficiency = speedup / W (95 % CI)")
-    ax.legend()
-    return fig
+    return world_size_plot(
+        rows, "efficiency_mean",
+        lambda g: ci_errors(g, "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high"),
+        "parallel efficiency (%)", "Efficiency = speedup / W (95 % CI)", scale=100,
+        ideal=lambda ax, sizes: ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)"))
 
 
 def throughput_plot(rows: list[dict]) -> Figure:
-    fig = Figure(figsize=SINGLE, layout="constrained")
-    ax = fig.add_subplot()
-    groups = by_batch(rows)
-    for i, (bs, g) in enumerate(groups.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        w, t = series(g, "world_size"), series(g, "throughput_mean_img_s")
-        ax.errorbar(w, t, yerr=np.nan_to_num(series(g, "throughput_std_img_s")), fmt="o-", capsize=3,
-                    color=colour, label=batch_label(bs, len(groups) > 1))
+    def ideal(ax, g, w, y, colour):
         if g[0]["world_size"] == 1:
-            ax.plot(w, t[0] * w, "--", color=colour, alpha=0.5, label="ideal (W × one worker)")
-    world_axis(ax, [r["world_size"] for r in rows])
-    ax.set_ylabel("training images / s")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Throughput (± std across seeds)")
-    ax.legend()
-    return fig
+            ax.plot(w, y[0] * w, "--", color=colour, alpha=0.5, label="ideal (W × one worker)")
+
+    return world_size_plot(
+        rows, "throughput_mean_img_s", lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
+        "training images / s", "Throughput (± std across seeds)", per_batch=ideal)
 
 
 def accuracy_plot(rows: list[dict]) -> Figure:
-    fig = Figure(figsize=SINGLE, layout="constrained")
-    ax = fig.add_subplot()
-    groups = by_batch(rows)
-    for i, (bs, g) in enumerate(groups.items()):
-        ax.errorbar(series(g, "world_size"), series(g, "test_acc_mean"),
-                    yerr=np.nan_to_num(series(g, "test_acc_std")), fmt="o-", capsize=3,
-                    color=PALETTE[i % len(PALETTE)], label=batch_label(bs, len(groups) > 1))
-    world_axis(ax, [r["world_size"] for r in rows])
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title("Test accuracy after the last epoch (± std)")
-    ax.legend()
-    return fig
+    return world_size_plot(
+        rows, "test_acc_mean", lambda g: np.nan_to_num(series(g, "test_acc_std")),
+        "final test accuracy (%)", "Test accuracy after the last epoch (± std)", from_zero=False)
 
 
 def breakdown_plot(rows: list[dict]) -> Figure:

@@ -29,6 +29,7 @@ from ddpbench import data as data_mod
 from ddpbench.io import atomic_write_json
 from ddpbench.metrics import (
     CommTimer,
+    cores_available,
     StepClock,
     environment,
     gather_objects,
@@ -102,8 +103,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, int]:
     verbosity.add_argument("--verbose", action="store_true", help="timestamped lines from every rank")
     verbosity.add_argument("--quiet", action="store_true", help="errors only")
     args = vars(p.parse_args(argv))
-    level = logging.DEBUG if args.pop("verbose") else logging.ERROR if args.pop("quiet") else logging.INFO
-    args.pop("quiet", None)
+    verbose, quiet = args.pop("verbose"), args.pop("quiet")
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     return TrainConfig(**args), level
 
 
@@ -124,6 +125,7 @@ class Dist:
     backend: str
     threads: int
     cpu_affinity: list[int] | None
+    cores_available: int
 
     @property
     def nnodes(self) -> int:
@@ -135,7 +137,8 @@ def init_distributed(cfg: TrainConfig) -> Dist:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    threads = cfg.threads_per_worker or max(1, len(available_cpus()) // local_world_size)
+    cores = cores_available()  # before pinning narrows this process's view
+    threads = cfg.threads_per_worker or max(1, cores // local_world_size)
     pinned = pin_to_cores(local_rank, local_world_size, threads)
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(threads)
@@ -162,21 +165,23 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         timeout=timedelta(seconds=cfg.timeout),
         device_id=device if device.type == "cuda" else None,
     )
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size, device, backend, threads, pinned)
-
-
-def available_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size, device, backend, threads, pinned,
+                cores)
 
 
 def pin_to_cores(local_rank: int, local_world_size: int, threads: int) -> list[int] | None:
-    """Give each rank on this node its own block of ``threads`` cores when they fit.
+    """Give each rank on this node its own block of ``threads`` cores, when this launch owns them.
 
     Unpinned ranks migrate between cores and evict each other's caches: measured on a 2-core
-    machine, two one-thread ranks trained about 10 % faster pinned. Oversubscribed runs and
-    DDPBENCH_PIN=0 stay unpinned."""
-    cpus = available_cpus()
-    if os.environ.get("DDPBENCH_PIN", "1") == "0" or local_world_size * threads > len(cpus):
+    machine, two one-thread ranks trained 10-20 % faster pinned. But blocks are counted from the
+    first allowed core, so two launches sharing a machine would pin onto the same cores: pin
+    only when told the machine is ours (DDPBENCH_PIN=1, which the workflow sets while timed runs
+    go one at a time) or, unless DDPBENCH_PIN=0, when a scheduler confined us to exactly the
+    cores we use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    wanted = local_world_size * threads
+    setting = os.environ.get("DDPBENCH_PIN", "")
+    if wanted > len(cpus) or setting == "0" or (setting != "1" and wanted != len(cpus)):
         return None
     block = cpus[local_rank * threads : (local_rank + 1) * threads]
     os.sched_setaffinity(0, block)
@@ -245,6 +250,11 @@ class TrainBatches:
         self.batch = resolved["per_rank_batch_size"]
         self.loader, self.device, self.channels_last = cfg.loader, d.device, resolved["channels_last"]
         self.shard = data_mod.Shard(len(labels), d.world_size, d.rank, cfg.seed)
+        if self.shard.num_samples == 0:
+            raise data_mod.DataError(
+                f"{len(labels)} training samples cannot be split across {d.world_size} ranks; "
+                "raise max_train_samples or use a smaller world size"
+            )
         self.steps = self.shard.steps(self.batch)
         self.samples_per_epoch = self.shard.num_samples * d.world_size
         if cfg.loader == "resident":
@@ -406,7 +416,10 @@ def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
         train_s = time.perf_counter() - t_train
         data_s = sum(clock.seconds(a, b) for a, b, _ in marks)
         step_s = sum(clock.seconds(b, c) for _, b, c in marks)
-        comm_busy, comm_exposed = comm.take() if comm is not None else (None, None)
+        if comm is not None:
+            comm_busy, comm_exposed = comm.take()
+        else:  # one rank: nothing to communicate; CUDA: not timed (see CommTimer)
+            comm_busy = comm_exposed = 0.0 if d.world_size == 1 else None
         dist.all_reduce(stats)  # train loss/accuracy over all ranks' samples
         train_loss, train_correct, train_count = stats.tolist()
 
@@ -491,7 +504,7 @@ def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
         "peak_rss_bytes_total": sum(r["peak_rss_bytes"] for r in per_rank),
     }
     model_info = {"name": cfg.model, "parameters": count_parameters(model)}
-    env = environment(d.device, d.backend, d.threads)
+    env = environment(d.device, d.backend, d.threads, d.cores_available)
     env["hostnames"] = sorted({r["hostname"] for r in per_rank})
     return {
         "schema_version": SCHEMA_VERSION,

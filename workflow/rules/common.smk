@@ -143,6 +143,11 @@ def run_files():
     return expand("results/runs/{name}.json", name=run_names())
 
 
+def existing_run_files(wildcards):
+    """The grid's runs that finished (a run file exists only for a successful run)."""
+    return [path for path in run_files() if os.path.exists(path)]
+
+
 def final_targets():
     return ["results/summary.csv", "results/summary.json", "results/report.html"]
 
@@ -205,6 +210,11 @@ def threads_per_worker(wildcards, threads):
     return per_worker
 
 
+def train_mem_mb(wildcards):
+    """Memory per node: a rank peaks near 1.1 GB (torch's CUDA build, measured), plus the shared dataset."""
+    return 1500 * ranks_on_node(wildcards) + 512
+
+
 def train_nodes(wildcards):
     return nodes(int(wildcards.world_size))
 
@@ -215,6 +225,27 @@ def train_gpus(wildcards):
 
 def train_gres(wildcards):
     return f"gpu:{train_gpus(wildcards)}" if train_device() == "cuda" else ""
+
+
+def pin_cores(wildcards, resources):
+    """DDPBENCH_PIN for the engine: pin ranks to cores only while timed runs go one at a time
+    (the job holds the single bench_slot), so two jobs never pin onto the same cores."""
+    cap = workflow.global_resources.get("bench_slot")
+    cap = getattr(cap, "value", cap)
+    # Otherwise "auto": the engine pins only if a scheduler confined it to exactly its cores.
+    return 1 if resources.get("bench_slot", 0) >= 1 and cap == 1 else "auto"
+
+
+def train_command(launcher):
+    """The shell command of a train rule: the environment, a launcher, the engine and its log."""
+    return (
+        "DDPBENCH_LAUNCH_TIME=$(date +%s.%N) DDPBENCH_PIN={params.pin}"
+        " OMP_NUM_THREADS={params.threads_per_worker} "
+        + launcher
+        + " -m ddpbench.train --data {params.data_dir} --out {output}"
+        " --batch-size {wildcards.batch_size} --seed {wildcards.seed}"
+        " --threads-per-worker {params.threads_per_worker} {params.options} > {log} 2>&1"
+    )
 
 
 def train_options():
@@ -233,7 +264,7 @@ def train_options():
         "augment": t["augment"],
         "channels-last": t["channels_last"],
         "precision": t["precision"],
-        "loader": t["loader"],
+        "loader": config["data"]["loader"],
         "device": train_device(),
         "eval-batch-size": t["eval_batch_size"],
         "timeout": t["timeout"],

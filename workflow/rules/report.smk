@@ -64,8 +64,32 @@ rule html_report:
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots} > {log} 2>&1"
 
 
+rule partial_report:
+    # For a grid with failed or missing runs (after --keep-going): summary and report of the
+    # runs that exist, listing the others. As a parameter, a new run re-renders it.
+    output:
+        csv="results/partial/summary.csv",
+        json="results/partial/summary.json",
+        html="results/partial/report.html",
+        plots=directory("results/partial/plots"),
+    log:
+        "logs/partial_report.log",
+    conda:
+        ENV
+    params:
+        runs=existing_run_files,
+        expected=run_names(),
+        schema=workflow.source_path("../schemas/run.schema.json"),
+    shell:
+        "(python -m ddpbench.aggregate --runs {params.runs} --schema {params.schema}"
+        " --expect {params.expected} --csv {output.csv} --json {output.json}"
+        " && python -m ddpbench.report --summary {output.json} --runs {params.runs}"
+        " --logs-dir logs/train --out {output.html} --plots-dir {output.plots}) > {log} 2>&1"
+
+
 # Seconds of work each: not worth a cluster job.
 localrules:
     aggregate,
     workflow_config,
     html_report,
+    partial_report,
