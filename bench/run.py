@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from ddpbench.data import make_synthetic, read_meta
-from ddpbench.io import atomic_write_json
-from ddpbench.metrics import cores_available, cpu_model, utc_now
+from ddpbench.io import atomic_write_json, utc_now
+from ddpbench.metrics import cores_available, cpu_model
 
 BENCH = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -22,10 +22,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ddpbench.io import atomic_write_json, atomic_write_text
-from ddpbench.metrics import utc_now
+from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
 
 RUN_NAME = re.compile(r"ws(?P<world_size>\d+)_bs(?P<batch_size>\d+)_seed(?P<seed>\d+)")
+
+
+def run_name(world_size: int, batch_size: int, seed: int) -> str:
+    """A run's name, as the workflow names its files (results/runs/<name>.json)."""
+    return f"ws{world_size}_bs{batch_size}_seed{seed}"
 SUMMARY_COLUMNS = [
     "world_size", "batch_size", "global_batch_size", "n_seeds",
     "train_time_mean_s", "train_time_std_s", "train_loop_mean_s",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import datetime, timezone
 from pathlib import Path
+
+
+def utc_now() -> str:
+    """A timestamp for records: UTC, ISO 8601, milliseconds (run overlaps are judged by it)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def create_temp(path: Path) -> tuple[int, Path]:

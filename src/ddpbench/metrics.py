@@ -10,14 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 
 import torch
 import torch.distributed as dist
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def process_start_time() -> float:

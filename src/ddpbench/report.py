@@ -26,6 +26,7 @@ import yaml
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from ddpbench.aggregate import run_name
 from ddpbench.io import atomic_write_text
 
 TEMPLATE = "report.html.j2"
@@ -63,10 +64,6 @@ PER_RUN_KEYS = {"seed", "world_size", "out", "nnodes", "ranks_per_node", "global
 
 def run_key(d: dict) -> tuple[int, int, int]:
     return int(d["world_size"]), int(d["batch_size"]), int(d["seed"])
-
-
-def run_name(ws: int, bs: int, seed: int) -> str:
-    return f"ws{ws}_bs{bs}_seed{seed}"
 
 
 def load_runs(paths: list[Path]) -> dict[tuple[int, int, int], dict]:

@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import data as data_mod
-from ddpbench.io import atomic_write_json
+from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.metrics import (
     CommTimer,
     cores_available,
@@ -37,7 +37,6 @@ from ddpbench.metrics import (
     peak_rss_bytes,
     process_start_time,
     pss_bytes,
-    utc_now,
 )
 from ddpbench.models import build_model, count_parameters
 
