@@ -315,10 +315,10 @@ def read_meta(cache_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_split(cache_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(cache_dir: Path, split: str, meta: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Memory-map one split (copy-on-write: pages stay shared between ranks unless written)."""
     cache_dir = Path(cache_dir)
-    meta = read_meta(cache_dir)
+    meta = meta or read_meta(cache_dir)
     images = np.load(cache_dir / f"{split}_images.npy", mmap_mode="c")
     labels = np.load(cache_dir / f"{split}_labels.npy")
     check_split(split, images, labels, expected=meta["counts"][split])

@@ -26,6 +26,7 @@ import yaml
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from ddpbench import aggregate
 from ddpbench.aggregate import run_name
 from ddpbench.io import atomic_write_text
 
@@ -67,11 +68,8 @@ def run_key(d: dict) -> tuple[int, int, int]:
 
 
 def load_runs(paths: list[Path]) -> dict[tuple[int, int, int], dict]:
-    runs = {}
-    for path in paths:
-        run = json.loads(Path(path).read_text())
-        runs[run_key(run["config"])] = run
-    return runs
+    """Run JSONs (read as aggregation reads them) keyed by (world size, batch size, seed)."""
+    return {run_key(run["config"]): run for run in aggregate.load_runs(paths)}
 
 
 def load_config(path: Path | None) -> dict | None:

@@ -333,8 +333,8 @@ def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
     resolved = resolve(cfg, d)
     started_utc = utc_now()
     meta = data_mod.read_meta(cfg.data)
-    train_images, train_labels = data_mod.load_split(cfg.data, "train")
-    test_images, test_labels = data_mod.load_split(cfg.data, "test")
+    train_images, train_labels = data_mod.load_split(cfg.data, "train", meta)
+    test_images, test_labels = data_mod.load_split(cfg.data, "test", meta)
     batches = TrainBatches(cfg, resolved, d, train_images, train_labels)
     if d.device.type == "cuda":
         test_images, test_labels = test_images.to(d.device), test_labels.to(d.device)
