@@ -1,7 +1,7 @@
 """The compute bound: forward + backward + optimizer step of the model on tensors already in
 memory (same batch, threads and memory format as a training run; no data loading, no DDP).
 
-    python bench/compute_bound.py --threads 2 --batch-size 128 [--device cuda] [--steps 60]
+    python bench/compute_bound.py --threads 2 --batch-size 128 [--device cuda] [--steps 150]
 
 Prints one JSON line: images/s over the timed steps, after untimed warm-up steps.
 """
@@ -14,6 +14,7 @@ import time
 import torch
 
 from ddpbench.models import build_model
+from ddpbench.train import retain_freed_memory
 
 
 def main() -> None:
@@ -25,10 +26,14 @@ def main() -> None:
     p.add_argument("--channels-last", choices=("on", "off"), default="on")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--pin", choices=("on", "off"), default="on",
                    help="pin to the first --threads available cores, as the engine pins a rank")
+    p.add_argument("--heap", choices=("retain", "system"), default="retain",
+                   help="retain: glibc keeps freed memory, as the engine has it; system: glibc's default")
     args = p.parse_args()
+    if args.heap == "retain" and not retain_freed_memory():
+        raise SystemExit("cannot set glibc's malloc thresholds here; use --heap system")
     if args.pin == "on":
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ machine's speed hit every figure alike:
      largest world size;
   2. the engine (torchrun -m ddpbench.train) at world size 1 and at the largest world size:
      images/s over the epochs after the first (the first epoch's warm-up is reported apart);
-  3. the study's classic per-sample pipeline (--loader dataloader) at world size 1;
+  3. at world size 1, the per-sample DataLoader (--loader dataloader) alone, and the study's
+     whole classic pipeline: that loader with the study's contiguous (NCHW) memory format;
   4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size;
   5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
@@ -47,19 +48,19 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def compute_bound(threads: int, args, channels_last: str = "on") -> float:
+def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain") -> float:
     cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
            str(args.batch_size), "--device", args.device, "--precision", args.precision,
-           "--channels-last", channels_last]
+           "--channels-last", channels_last, "--heap", heap]
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
-def engine(world_size: int, threads: int, loader: str, args) -> dict:
+def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
                "--data", str(args.data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
-               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader, "--device",
+               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader, "--channels-last", channels_last, "--device",
                args.device, "--precision", args.precision, "--quiet"]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
@@ -150,8 +151,11 @@ def main() -> int:
         (f"compute_bound_{threads_1}t_contiguous", lambda: compute_bound(threads_1, args, channels_last="off")),
         ("engine_ws1", lambda: engine(1, threads_1, "resident", args)),
     ]
+    if args.device == "cpu":  # what the engine's retained heap (train.retain_freed_memory) gains
+        plan.insert(2, (f"compute_bound_{threads_1}t_system_heap", lambda: compute_bound(threads_1, args, heap="system")))
     if not args.skip_classic:
-        plan.append(("classic_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)))
+        plan += [("per_sample_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)),
+                 ("study_pipeline_ws1", lambda: engine(1, threads_1, "dataloader", args, channels_last="off"))]
     if w_max > 1:
         if threads_max != threads_1:
             plan.append((f"compute_bound_{threads_max}t", lambda: compute_bound(threads_max, args)))
@@ -171,8 +175,12 @@ def main() -> int:
         "ws1_vs_compute_bound": med["engine_ws1"] / med[f"compute_bound_{threads_1}t"],
         "channels_last_vs_contiguous": med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_contiguous"],
     }
+    if args.device == "cpu":
+        targets["retained_heap_vs_system_heap"] = (
+            med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_system_heap"])
     if not args.skip_classic:
-        targets["ws1_vs_classic_pipeline"] = med["engine_ws1"] / med["classic_dataloader_ws1"]
+        targets["ws1_vs_study_pipeline"] = med["engine_ws1"] / med["study_pipeline_ws1"]
+        targets["ws1_vs_per_sample_dataloader"] = med["engine_ws1"] / med["per_sample_dataloader_ws1"]
     if w_max > 1:
         targets[f"ws{w_max}_vs_{w_max}x_compute_bound_{threads_max}t"] = (
             med[f"engine_ws{w_max}"] / (w_max * med[f"compute_bound_{threads_max}t"]))
@@ -214,7 +222,7 @@ def table(result: dict) -> str:
         lines.append(f"{name:34} {f['median']:12.1f} {f['min']:12.1f} {f['max']:12.1f}  {unit}" if unit == "images/s"
                      else f"{name:34} {f['median'] * 1e3:12.2f} {f['min'] * 1e3:12.2f} {f['max'] * 1e3:12.2f}  ms/call"
                      f" ({fig['bus_bandwidth_gb_s']['median']:.2f} GB/s bus)")
-        if name.startswith("engine") or name.startswith("classic"):
+        if "_ws" in name and not name.startswith("allreduce"):
             extra = [f"first epoch {fig['first_epoch_images_per_s']['median']:.0f} img/s",
                      f"launch->step {fig['launch_to_first_step_s']['median']:.1f}s",
                      f"peak RSS total {fig['peak_rss_bytes_total']['median'] / 2**20:.0f} MiB",

@@ -329,7 +329,7 @@ def evaluate(module, pipeline: data_mod.BatchPipeline, n_test: int, d: Dist, bat
     return loss_sum / count, 100.0 * correct / count
 
 
-def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
+def train(cfg: TrainConfig, d: Dist, t_process: float, heap_retained: bool) -> dict:
     resolved = resolve(cfg, d)
     started_utc = utc_now()
     meta = data_mod.read_meta(cfg.data)
@@ -505,6 +505,7 @@ def train(cfg: TrainConfig, d: Dist, t_process: float) -> dict:
     model_info = {"name": cfg.model, "parameters": count_parameters(model)}
     env = environment(d.device, d.backend, d.threads, d.cores_available)
     env["hostnames"] = sorted({r["hostname"] for r in per_rank})
+    env["heap_retained"] = heap_retained
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "ok",
@@ -533,16 +534,36 @@ def die_with_launcher() -> None:
         sys.exit("torchrun exited before this rank started")
 
 
+def retain_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc maps every allocation over 128 KiB afresh and unmaps it when freed, so each
+    step's multi-MiB activations and gradients were new pages for the kernel to fault in and
+    zero: on the 2-core benchmark machine that was 10-20 % of a batch-128 step and 25 % of a
+    batch-512 one, in system time (bench/README.md). Fixed thresholds keep such blocks in the
+    heap for the next step, as PyTorch's CUDA caching allocator does on a GPU."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc's; musl has none
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 @record
 def main(argv: list[str] | None = None) -> int:
     t_process = process_start_time()
     die_with_launcher()
+    heap_retained = retain_freed_memory()
     cfg, level = parse_args(argv)
     d = init_distributed(cfg)
     setup_logging(level, d.rank)
     try:
         log.debug("rank %d/%d on %s, %d threads, backend %s", d.rank, d.world_size, d.device, d.threads, d.backend)
-        result = train(cfg, d, t_process)
+        result = train(cfg, d, t_process, heap_retained)
         dist.barrier()  # every rank finished: only now is the run a result
         if d.rank == 0 and cfg.out:
             atomic_write_json(Path(cfg.out), result)
