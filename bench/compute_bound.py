@@ -28,14 +28,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--pin", choices=("on", "off"), default="on",
-                   help="pin to the first --threads available cores, as the engine pins a rank")
+                   help="pin to one block of --threads available cores, as the engine pins a rank")
+    p.add_argument("--block", type=int, default=0, help="which block (a rank's local rank)")
     p.add_argument("--heap", choices=("retain", "system"), default="retain",
                    help="retain: glibc keeps freed memory, as the engine has it; system: glibc's default")
     args = p.parse_args()
     if args.heap == "retain" and not retain_freed_memory():
         raise SystemExit("cannot set glibc's malloc thresholds here; use --heap system")
     if args.pin == "on":
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+        cores = sorted(os.sched_getaffinity(0))[args.block * args.threads : (args.block + 1) * args.threads]
+        if len(cores) < args.threads:
+            raise SystemExit(f"block {args.block} of {args.threads} cores is past the {len(os.sched_getaffinity(0))} available")
+        os.sched_setaffinity(0, cores)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     device = torch.device(args.device)

@@ -5,7 +5,8 @@
 Measures, on this machine and in one run, interleaving the repetitions so that drifts in the
 machine's speed hit every figure alike:
   1. the compute bound (bench/compute_bound.py) at the threads of world size 1 and of the
-     largest world size;
+     largest world size, and at the latter also as many bounds at once as that world size has
+     ranks, each on its own cores like a rank: what the cores give when all are busy;
   2. the engine (torchrun -m ddpbench.train) at world size 1 and at the largest world size:
      images/s over the epochs after the first (the first epoch's warm-up is reported apart);
   3. at world size 1, the per-sample DataLoader (--loader dataloader) alone, and the study's
@@ -53,6 +54,24 @@ def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "re
            str(args.batch_size), "--device", args.device, "--precision", args.precision,
            "--channels-last", channels_last, "--heap", heap]
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
+
+
+def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
+    """Sum of ``copies`` compute bounds run at once, each pinned to its own block of cores.
+    A copy that finishes first leaves the others the machine to themselves for their last
+    steps, so if anything this overstates the bound."""
+    cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
+           str(args.batch_size), "--device", args.device, "--precision", args.precision]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([*cmd, "--block", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for i in range(copies)]
+    total = 0.0
+    for proc in procs:
+        out, err = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(proc.args)} failed:\n{out[-3000:]}\n{err[-3000:]}")
+        total += json.loads(out.strip().splitlines()[-1])["images_per_s"]
+    return total
 
 
 def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto") -> dict:
@@ -159,6 +178,9 @@ def main() -> int:
     if w_max > 1:
         if threads_max != threads_1:
             plan.append((f"compute_bound_{threads_max}t", lambda: compute_bound(threads_max, args)))
+        if args.device == "cpu":
+            plan.append((f"compute_bound_{threads_max}t_x{w_max}_at_once",
+                         lambda: concurrent_compute_bounds(w_max, threads_max, args)))
         plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
         for w in sorted({2, w_max}):
             plan.append((f"allreduce_ws{w}", lambda w=w: allreduce(w, args)))
@@ -184,6 +206,9 @@ def main() -> int:
     if w_max > 1:
         targets[f"ws{w_max}_vs_{w_max}x_compute_bound_{threads_max}t"] = (
             med[f"engine_ws{w_max}"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+        if args.device == "cpu":  # data and DDP alone: against the bound with every core busy
+            targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_at_once"] = (
+                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
         targets[f"rss_increase_ws1_to_ws{w_max}_over_dataset"] = (
             (figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
              - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]) / dataset_bytes)

@@ -219,6 +219,8 @@ def test_runs_without_config_show_the_options_they_share(grid):
     config = config[: config.index("</pre>")]
     assert "model: simple_cnn" in config and "epochs: 3" in config
     assert "seed:" not in config and "world_size:" not in config  # these vary by design
+    method = html[html.index('<section id="method">'):]
+    assert "loader: <code>resident</code>" in method  # what the data share of the time plot measured
 
 
 def test_runs_that_overlapped_on_a_host_are_named(tmp_path):

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,8 +31,39 @@ def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
     assert all(e["images"] == 2048 and e["steps"] == 8 for e in run_json["epochs"])
     assert run_json["dataset"]["test_samples"] == 512
     assert len(run_json["ranks"]) == 2 and run_json["environment"]["gloo_socket_ifname"] == "lo"
+    assert run_json["environment"]["heap_retained"] is True  # glibc (Linux): see the next test
     assert totals["comm_exposed_time_s"] > 0 and totals["data_time_s"] > 0
     assert totals["train_time_s"] <= totals["train_loop_s"] <= totals["process_start_to_end_s"]
+
+
+FAULTS_PER_REALLOCATION = """
+import resource, sys, torch
+from ddpbench.train import retain_freed_memory
+if sys.argv[1] == "retain":
+    assert retain_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # warm-up: the first allocations fault in either case
+    torch.empty(16 << 20).fill_(1.0)
+before = faults()
+for _ in range(20):  # a batch-512 step's first activation: 64 MiB, allocated, written and freed
+    torch.empty(16 << 20).fill_(1.0)
+print((faults() - before) / 20)
+"""
+
+
+@pytest.mark.parametrize("heap", ["system", "retain"])
+def test_retained_heap_reuses_freed_memory_without_page_faults(heap):
+    """What makes CPU steps 10-25 % faster: a freed 64 MiB block comes back without the kernel
+    faulting in (and zeroing) its 16,384 pages again. (glibc adapts its threshold up to 32 MiB
+    on its own, so smaller blocks are spared only some of the time.)"""
+    result = run([sys.executable, "-c", FAULTS_PER_REALLOCATION, heap])
+    assert result.returncode == 0, result.stderr
+    faults = float(result.stdout)
+    if heap == "retain":
+        assert faults < 10
+    else:  # glibc's default, for contrast: every reallocation is fresh pages
+        assert faults > 1000
 
 
 def test_same_seed_same_result_and_quiet(synthetic_cache, tmp_path):
