@@ -49,10 +49,14 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def compute_bound_cmd(threads: int, args, channels_last: str = "on", heap: str = "retain") -> list[str]:
+    return [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
+            str(args.batch_size), "--device", args.device, "--precision", args.precision,
+            "--channels-last", channels_last, "--heap", heap]
+
+
 def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain") -> float:
-    cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
-           str(args.batch_size), "--device", args.device, "--precision", args.precision,
-           "--channels-last", channels_last, "--heap", heap]
+    cmd = compute_bound_cmd(threads, args, channels_last, heap)
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
@@ -60,8 +64,7 @@ def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
     """Sum of ``copies`` compute bounds run at once, each pinned to its own block of cores.
     A copy that finishes first leaves the others the machine to themselves for their last
     steps, so if anything this overstates the bound."""
-    cmd = [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
-           str(args.batch_size), "--device", args.device, "--precision", args.precision]
+    cmd = compute_bound_cmd(threads, args)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     procs = [subprocess.Popen([*cmd, "--block", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for i in range(copies)]
@@ -79,8 +82,8 @@ def engine(world_size: int, threads: int, loader: str, args, channels_last: str 
         out = Path(tmp) / "run.json"
         cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
                "--data", str(args.data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
-               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader, "--channels-last", channels_last, "--device",
-               args.device, "--precision", args.precision, "--quiet"]
+               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader,
+               "--channels-last", channels_last, "--device", args.device, "--precision", args.precision, "--quiet"]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
         # Measurements run one at a time, so the engine may pin its ranks as in the workflow.
