@@ -14,7 +14,7 @@ import time
 import torch
 
 from ddpbench.models import build_model
-from ddpbench.train import retain_freed_memory
+from ddpbench.train import core_block, retain_freed_memory
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     if args.heap == "retain" and not retain_freed_memory():
         raise SystemExit("cannot set glibc's malloc thresholds here; use --heap system")
     if args.pin == "on":
-        cores = sorted(os.sched_getaffinity(0))[args.block * args.threads : (args.block + 1) * args.threads]
+        cores = core_block(args.block, args.threads)
         if len(cores) < args.threads:
             raise SystemExit(f"block {args.block} of {args.threads} cores is past the {len(os.sched_getaffinity(0))} available")
         os.sched_setaffinity(0, cores)

@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
 def process_start_time() -> float:
@@ -80,8 +81,6 @@ class CommTimer:
         self.step = 0
 
     def hook(self, process_group, bucket):
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
         step, launched = self.step, time.perf_counter()
         future = allreduce_hook(process_group, bucket)
 

@@ -182,9 +182,14 @@ def pin_to_cores(local_rank: int, local_world_size: int, threads: int) -> list[i
     setting = os.environ.get("DDPBENCH_PIN", "")
     if wanted > len(cpus) or setting == "0" or (setting != "1" and wanted != len(cpus)):
         return None
-    block = cpus[local_rank * threads : (local_rank + 1) * threads]
+    block = core_block(local_rank, threads)
     os.sched_setaffinity(0, block)
     return block
+
+
+def core_block(index: int, threads: int) -> list[int]:
+    """The ``index``-th block of ``threads`` cores among those this process may use."""
+    return sorted(os.sched_getaffinity(0))[index * threads : (index + 1) * threads]
 
 
 def _free_port() -> int:
