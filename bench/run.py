@@ -11,7 +11,9 @@ machine's speed hit every figure alike:
      images/s over the epochs after the first (the first epoch's warm-up is reported apart);
   3. at world size 1, the per-sample DataLoader (--loader dataloader) alone, and the study's
      whole classic pipeline: that loader with the study's contiguous (NCHW) memory format;
-  4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size;
+  4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size, through
+     gloo and (CPU) through the engine's shared-memory exchange; and, at the largest world
+     size, the engine with gloo's all-reduce instead (train.allreduce: backend);
   5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
 on the machine (one after the other), never two at a time.
@@ -77,13 +79,14 @@ def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
     return total
 
 
-def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto") -> dict:
+def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto", allreduce: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
                "--data", str(args.data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
                str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader,
-               "--channels-last", channels_last, "--device", args.device, "--precision", args.precision, "--quiet"]
+               "--channels-last", channels_last, "--device", args.device, "--precision", args.precision,
+               "--allreduce", allreduce, "--quiet"]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
         # Measurements run one at a time, so the engine may pin its ranks as in the workflow.
@@ -98,6 +101,7 @@ def engine(world_size: int, threads: int, loader: str, args, channels_last: str 
     exposed = [e["comm_exposed_time_s"] for e in steady]
     dataset = [r.get("dataset_memory") for r in run["ranks"]]
     return {
+        "allreduce": run["config"]["allreduce"],
         "images_per_s": images / train,
         "first_epoch_images_per_s": epochs[0]["throughput_img_s"],
         "comm_share_of_step": sum(exposed) / step if None not in exposed else None,
@@ -112,9 +116,9 @@ def engine(world_size: int, threads: int, loader: str, args, channels_last: str 
     }
 
 
-def allreduce(world_size: int, args) -> dict:
+def allreduce(world_size: int, args, transport: str = "backend") -> dict:
     cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", str(BENCH / "allreduce.py"),
-           "--device", args.device]
+           "--device", args.device, "--transport", transport]
     return run_json(cmd, env={"OMP_NUM_THREADS": "1"})
 
 
@@ -185,8 +189,13 @@ def main() -> int:
             plan.append((f"compute_bound_{threads_max}t_x{w_max}_at_once",
                          lambda: concurrent_compute_bounds(w_max, threads_max, args)))
         plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
+        if args.device == "cpu":  # the engine's default sums gradients in shared memory: against gloo's all-reduce
+            plan.append((f"engine_ws{w_max}_backend_allreduce",
+                         lambda: engine(w_max, threads_max, "resident", args, allreduce="backend")))
         for w in sorted({2, w_max}):
             plan.append((f"allreduce_ws{w}", lambda w=w: allreduce(w, args)))
+            if args.device == "cpu":
+                plan.append((f"allreduce_shared_memory_ws{w}", lambda w=w: allreduce(w, args, "shared_memory")))
     for rep in range(args.reps):  # interleaved: every figure sees the same machine drift
         for name, measure in plan:
             t0 = time.perf_counter()
@@ -212,6 +221,10 @@ def main() -> int:
         if args.device == "cpu":  # data and DDP alone: against the bound with every core busy
             targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_at_once"] = (
                 med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
+            targets[f"ws{w_max}_backend_allreduce_vs_{w_max}x_compute_bound_{threads_max}t"] = (
+                med[f"engine_ws{w_max}_backend_allreduce"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+            targets[f"ws{w_max}_shared_memory_vs_backend_allreduce"] = (
+                med[f"engine_ws{w_max}"] / med[f"engine_ws{w_max}_backend_allreduce"])
         targets[f"rss_increase_ws1_to_ws{w_max}_over_dataset"] = (
             (figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
              - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]) / dataset_bytes)

@@ -26,6 +26,7 @@ def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
     assert [m[0] for m in EPOCH_LINE.findall(result.stdout)] == ["1", "2", "3"]  # rank 0 only: once per epoch
     cfg, totals = run_json["config"], run_json["totals"]
     assert cfg["world_size"] == 2 and cfg["backend"] == "gloo" and cfg["threads_per_worker"] == 1
+    assert cfg["allreduce"] == "shared_memory"  # auto, CPU ranks on one node
     assert cfg["global_batch_size"] == 256 and run_json["model"]["parameters"] == 1_147_914
     assert totals["final_test_acc"] > 30.0  # ten classes: chance is 10 %
     assert all(e["images"] == 2048 and e["steps"] == 8 for e in run_json["epochs"])
@@ -36,6 +37,57 @@ def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
     assert totals["train_time_s"] <= totals["train_loop_s"] <= totals["process_start_to_end_s"]
 
 
+def test_shared_memory_allreduce_matches_gloo_bit_for_bit(synthetic_cache, tmp_path):
+    """At two ranks both transports compute a/2 + b/2 per element, so training is identical;
+    and the shared segment leaves nothing behind in /dev/shm."""
+    before = set(Path("/dev/shm").glob("ddpbench-grads-*"))
+    epochs = {}
+    for allreduce in ("backend", "shared_memory"):
+        out = tmp_path / f"{allreduce}.json"
+        result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "2",
+                                  "--allreduce", allreduce, "--quiet"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        run_json = json.loads(out.read_text())
+        assert run_json["config"]["allreduce"] == allreduce
+        epochs[allreduce] = [(e["train_loss"], e["test_loss"], e["test_acc"]) for e in run_json["epochs"]]
+        assert run_json["totals"]["comm_exposed_time_s"] > 0
+    assert epochs["shared_memory"] == epochs["backend"]
+    assert set(Path("/dev/shm").glob("ddpbench-grads-*")) == before
+
+
+def test_shared_memory_without_room_is_a_clear_error(tmp_path):
+    from ddpbench.comm import SharedMemoryError, _create_segment
+
+    with pytest.raises(SharedMemoryError, match=r"cannot reserve .* MiB in .*set train.allreduce: backend"):
+        _create_segment(str(tmp_path), 1 << 62)  # 4 EiB: no file system has room
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "device, local_world_size, requested, expected",
+    [
+        ("cpu", 2, "auto", "shared_memory"),
+        ("cpu", 1, "auto", "backend"),  # two nodes: gloo between them
+        ("cuda", 2, "auto", "backend"),  # nccl
+        ("cpu", 2, "backend", "backend"),
+        ("cpu", 1, "shared_memory", "spans 2 nodes; use allreduce: auto or backend"),
+        ("cuda", 2, "shared_memory", "sums CPU gradients; on cuda use allreduce: auto or backend"),
+    ],
+)
+def test_gradient_allreduce_choice(device, local_world_size, requested, expected):
+    import torch
+    from ddpbench.train import Dist, TrainConfig, gradient_allreduce
+
+    d = Dist(rank=0, world_size=2, local_rank=0, local_world_size=local_world_size, device=torch.device(device),
+             backend="gloo", threads=1, cpu_affinity=None, cores_available=2)
+    cfg = TrainConfig(data="", allreduce=requested)
+    if expected in ("shared_memory", "backend"):
+        assert gradient_allreduce(cfg, d) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            gradient_allreduce(cfg, d)
+
+
 FAULTS_PER_REALLOCATION = """
 import resource, sys, torch
 from ddpbench.train import retain_freed_memory
@@ -43,7 +95,7 @@ if sys.argv[1] == "retain":
     assert retain_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):  # warm-up: the first allocations fault in either case
+for _ in range(20):  # warm-up: the first allocations fault in either case, until glibc's heap settles
     torch.empty(16 << 20).fill_(1.0)
 before = faults()
 for _ in range(20):  # a batch-512 step's first activation: 64 MiB, allocated, written and freed
@@ -96,8 +148,9 @@ def test_bad_global_batch_is_a_clear_error(synthetic_cache, tmp_path):
     assert not out.exists()
 
 
-def _start_long_run(cache: Path, out: Path, timeout_s: int) -> subprocess.Popen:
-    cmd = torchrun_cmd(2, "--data", str(cache), "--out", str(out), "--epochs", "200", "--timeout", str(timeout_s))
+def _start_long_run(cache: Path, out: Path, timeout_s: int, allreduce: str) -> subprocess.Popen:
+    cmd = torchrun_cmd(2, "--data", str(cache), "--out", str(out), "--epochs", "200", "--timeout", str(timeout_s),
+                       "--allreduce", allreduce)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
 
 
@@ -115,11 +168,13 @@ def _wait_for_first_epoch(proc: subprocess.Popen) -> str:
     raise AssertionError("run ended before its first epoch:\n" + "".join(seen))
 
 
+@pytest.mark.parametrize("allreduce", ["shared_memory", "backend"])
 @pytest.mark.parametrize("how", ["killed", "hung"])
-def test_failed_or_hung_rank_ends_the_launch(synthetic_cache, tmp_path, how):
-    """A rank that dies (SIGKILL) or hangs (SIGSTOP) ends the launch non-zero within the bound."""
+def test_failed_or_hung_rank_ends_the_launch(synthetic_cache, tmp_path, how, allreduce):
+    """A rank that dies (SIGKILL) or hangs (SIGSTOP) ends the launch non-zero within the bound,
+    whichever way gradients are summed."""
     out, bound = tmp_path / "run.json", 15
-    proc = _start_long_run(synthetic_cache, out, timeout_s=bound)
+    proc = _start_long_run(synthetic_cache, out, timeout_s=bound, allreduce=allreduce)
     try:
         _wait_for_first_epoch(proc)
         workers = _worker_pids(proc)

@@ -1,4 +1,4 @@
-"""Measurement helpers: step clocks, communication timing, memory, and the environment."""
+"""Measurement helpers: step clocks, memory, and the environment (communication: ddpbench.comm)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
 def process_start_time() -> float:
@@ -60,56 +58,6 @@ class StepClock:
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
-
-
-class CommTimer:
-    """Times DDP's gradient all-reduce through a communication hook (CPU/gloo).
-
-    The hook records when each bucket's all-reduce is launched and, from the future's
-    completion callback (run on gloo's thread), when it finished. Per step:
-    - ``busy``: wall time during which at least one all-reduce was in flight (may overlap
-      the backward pass);
-    - ``exposed``: time from the launch of the step's last bucket to the completion of all of
-      them, i.e. communication the backward pass did not hide (the last bucket is launched
-      when the backward pass has produced the first layers' gradients).
-    On CUDA (NCCL) a future completes before the kernels finish, so no timer is installed.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._intervals: list[tuple[int, float, float]] = []
-        self.step = 0
-
-    def hook(self, process_group, bucket):
-        step, launched = self.step, time.perf_counter()
-        future = allreduce_hook(process_group, bucket)
-
-        def record(fut):
-            with self._lock:
-                self._intervals.append((step, launched, time.perf_counter()))
-            return fut.value()
-
-        return future.then(record)
-
-    def take(self) -> tuple[float, float]:
-        """Return (busy, exposed) seconds summed over the steps recorded since the last call."""
-        with self._lock:
-            intervals, self._intervals = self._intervals, []
-        by_step: dict[int, list[tuple[float, float]]] = {}
-        for step, start, end in intervals:
-            by_step.setdefault(step, []).append((start, end))
-        busy = exposed = 0.0
-        for spans in by_step.values():
-            spans.sort()
-            exposed += max(e for _, e in spans) - max(s for s, _ in spans)
-            cur_start, cur_end = spans[0]
-            for start, end in spans[1:]:
-                if start > cur_end:
-                    busy += cur_end - cur_start
-                    cur_start = start
-                cur_end = max(cur_end, end)
-            busy += cur_end - cur_start
-        return busy, exposed
 
 
 def peak_rss_bytes() -> int:

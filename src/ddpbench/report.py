@@ -211,6 +211,7 @@ def method_facts(summary: dict, runs: dict) -> dict:
         "test_samples": distinct(r["dataset"]["test_samples"] for r in runs.values()),
         "batch_size_mode": distinct(r["config"]["batch_size_mode"] for r in runs.values()),
         "loader": distinct(r["config"]["loader"] for r in runs.values()),
+        "allreduce": distinct(r["config"]["allreduce"] for r in runs.values() if r["config"]["world_size"] > 1),
         "comm_timed": any(r["totals"]["comm_exposed_time_s"] is not None for r in runs.values()),
         "startup_mean_s": sum(startup) / len(startup) if startup else None,
         "model": f'{first["model"]["name"]} ({first["model"]["parameters"]:,} parameters)' if first else "–",

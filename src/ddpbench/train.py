@@ -26,9 +26,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import data as data_mod
+from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, skip_allreduce
 from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.metrics import (
-    CommTimer,
     cores_available,
     StepClock,
     environment,
@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto
     threads_per_worker: int = 0  # 0: floor(cores available / ranks on this node)
     loader: str = "resident"  # resident | dataloader (the study's per-sample pipeline)
+    allreduce: str = "auto"  # auto | backend | shared_memory: how ranks sum gradients
     max_train_samples: int | None = None
     target_accuracy: float | None = 65.0
     seed: int = 0
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, int]:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=defaults.device)
     p.add_argument("--threads-per-worker", type=int, default=defaults.threads_per_worker, help="0: auto")
     p.add_argument("--loader", choices=("resident", "dataloader"), default=defaults.loader)
+    p.add_argument("--allreduce", choices=("auto", "backend", "shared_memory"), default=defaults.allreduce,
+                   help="how ranks sum gradients: the process group's all-reduce (backend), a shared-memory "
+                        "segment (CPU ranks on one node), or auto (shared_memory where it applies)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--target-accuracy", type=_optional_float, default=defaults.target_accuracy,
                    help="test accuracy (%%) for time-to-accuracy; 'none' to skip")
@@ -242,6 +246,7 @@ def resolve(cfg: TrainConfig, d: Dist) -> dict:
         "threads_per_worker": d.threads,
         "device": d.device.type,
         "backend": d.backend,
+        "allreduce": gradient_allreduce(cfg, d),
     }
 
 
@@ -290,12 +295,49 @@ class TrainBatches:
                 yield x.to(self.device, memory_format=memory_format, non_blocking=True), y.to(self.device)
 
 
-def skip_allreduce(state, bucket):
-    """World size 1: the gradient all-reduce is the identity, so hand the bucket back as it is.
-    (Through gloo, the one-rank all-reduce still cost 10-30 % of a CPU step, measured here.)"""
-    future = torch.futures.Future()
-    future.set_result(bucket.buffer())
-    return future
+def gradient_allreduce(cfg: TrainConfig, d: Dist) -> str:
+    """How this run sums gradients: none (one rank), backend (DDP's all-reduce through gloo or
+    nccl) or shared_memory (CPU ranks on one node)."""
+    if d.world_size == 1:
+        return "none"
+    one_node = d.world_size == d.local_world_size
+    if cfg.allreduce == "shared_memory":
+        if d.device.type != "cpu":
+            raise ValueError("allreduce: shared_memory sums CPU gradients; on cuda use allreduce: auto or backend")
+        if not one_node:
+            raise ValueError(
+                f"allreduce: shared_memory needs every rank on one node, but this run spans {d.nnodes} nodes; "
+                "use allreduce: auto or backend"
+            )
+    if cfg.allreduce == "backend" or d.device.type != "cpu" or not one_node:
+        return "backend"
+    return "shared_memory"
+
+
+def install_allreduce(ddp: DistributedDataParallel, cfg: TrainConfig, resolved: dict, d: Dist):
+    """Register the gradient communication hook ``resolved["allreduce"]`` names; return the
+    timer of communication, or None where it is not timed (CUDA). Where ``auto`` chose
+    shared_memory and the node has no room for it, fall back to the backend and say so."""
+    if resolved["allreduce"] == "none":
+        ddp.register_comm_hook(state=None, hook=skip_allreduce)
+        return None
+    if resolved["allreduce"] == "shared_memory":
+        numel = sum(p.numel() for p in ddp.module.parameters() if p.requires_grad)
+        try:
+            comm = SharedMemoryAllReduce(numel)
+        except SharedMemoryError as exc:
+            if cfg.allreduce != "auto":
+                raise
+            log.warning("%s; summing gradients through %s instead", exc, d.backend)
+            resolved["allreduce"] = "backend"
+        else:
+            ddp.register_comm_hook(state=None, hook=comm.hook)
+            return comm
+    if d.device.type == "cpu":
+        comm = CommTimer()
+        ddp.register_comm_hook(state=None, hook=comm.hook)
+        return comm
+    return None
 
 
 def no_forward_buffer_sync() -> dict:
@@ -360,12 +402,7 @@ def train(cfg: TrainConfig, d: Dist, t_process: float, heap_retained: bool) -> d
         gradient_as_bucket_view=True,
         **no_forward_buffer_sync(),
     )
-    comm = None
-    if d.world_size == 1:
-        ddp.register_comm_hook(state=None, hook=skip_allreduce)
-    elif d.device.type == "cpu":
-        comm = CommTimer()
-        ddp.register_comm_hook(state=None, hook=comm.hook)
+    comm = install_allreduce(ddp, cfg, resolved, d)
     optimizer = torch.optim.SGD(
         ddp.parameters(),
         lr=resolved["lr_effective"],

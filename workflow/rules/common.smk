@@ -264,6 +264,7 @@ def train_options():
         "augment": t["augment"],
         "channels-last": t["channels_last"],
         "precision": t["precision"],
+        "allreduce": t["allreduce"],
         "loader": config["data"]["loader"],
         "device": train_device(),
         "eval-batch-size": t["eval_batch_size"],
