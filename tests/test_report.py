@@ -221,6 +221,7 @@ def test_runs_without_config_show_the_options_they_share(grid):
     assert "seed:" not in config and "world_size:" not in config  # these vary by design
     method = html[html.index('<section id="method">'):]
     assert "loader: <code>resident</code>" in method  # what the data share of the time plot measured
+    assert "gradients summed through <code>shared_memory</code>" in method  # and what its communication did
 
 
 def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
