@@ -59,7 +59,8 @@ def main() -> None:
         median = statistics.median(times)
         nbytes = 4 * args.numel
         print(json.dumps({
-            "world_size": world, "transport": args.transport, "bytes": nbytes, "median_s": median, "min_s": min(times), "max_s": max(times),
+            "world_size": world, "transport": args.transport, "bytes": nbytes,
+            "median_s": median, "min_s": min(times), "max_s": max(times),
             "bus_bandwidth_gb_s": 2 * (world - 1) / world * nbytes / median / 1e9,
         }))
     dist.destroy_process_group()

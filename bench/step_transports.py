@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import data as data_mod
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
-from ddpbench.models import build_model
+from ddpbench.models import build_model, count_parameters
 from ddpbench.train import core_block, no_forward_buffer_sync, retain_freed_memory
 
 VARIANTS = ("independent", "backend", "shared_memory")
@@ -53,7 +53,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model("simple_cnn").to(memory_format=torch.channels_last)
         if variant != "independent":
-            numel = sum(p.numel() for p in model.parameters())
+            numel = count_parameters(model)
             model = DistributedDataParallel(model, gradient_as_bucket_view=True, **no_forward_buffer_sync())
             hook = CommTimer() if variant == "backend" else SharedMemoryAllReduce(numel)
             model.register_comm_hook(state=None, hook=hook.hook)

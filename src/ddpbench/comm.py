@@ -45,10 +45,12 @@ class CommTimer:
     def __init__(self):
         self._lock = threading.Lock()
         self._intervals: list[tuple[int, float, float]] = []
-        self.step = 0
+        self._step = 0  # DDP hands buckets over in order: the last one ends a step
 
     def hook(self, process_group, bucket):
-        step, launched = self.step, time.perf_counter()
+        step, launched = self._step, time.perf_counter()
+        if bucket.is_last():
+            self._step += 1
         future = allreduce_hook(process_group, bucket)
 
         def record(fut):
@@ -128,7 +130,6 @@ class SharedMemoryAllReduce:
         self.calls = 0
         self._pending: list[tuple[torch.Tensor, torch.futures.Future]] = []
         self._seconds = 0.0
-        self.step = 0  # set by the training loop, as for CommTimer
 
     def hook(self, state, bucket):
         future = torch.futures.Future()

@@ -322,9 +322,8 @@ def install_allreduce(ddp: DistributedDataParallel, cfg: TrainConfig, resolved: 
         ddp.register_comm_hook(state=None, hook=skip_allreduce)
         return None
     if resolved["allreduce"] == "shared_memory":
-        numel = sum(p.numel() for p in ddp.module.parameters() if p.requires_grad)
         try:
-            comm = SharedMemoryAllReduce(numel)
+            comm = SharedMemoryAllReduce(count_parameters(ddp.module))
         except SharedMemoryError as exc:
             if cfg.allreduce != "auto":
                 raise
@@ -451,8 +450,6 @@ def train(cfg: TrainConfig, d: Dist, t_process: float, heap_retained: bool) -> d
             marks.append((t0, t1, t2))
             t0 = t2
             global_step += 1
-            if comm is not None:
-                comm.step = global_step
         clock.sync()
         train_s = time.perf_counter() - t_train
         data_s = sum(clock.seconds(a, b) for a, b, _ in marks)
