@@ -2,8 +2,13 @@
 memory (same batch, threads and memory format as a training run; no data loading, no DDP).
 
     python bench/compute_bound.py --threads 2 --batch-size 128 [--device cuda] [--steps 150]
+    torchrun --standalone --nproc-per-node 2 bench/compute_bound.py --threads 1 --synchronise
 
-Prints one JSON line: images/s over the timed steps, after untimed warm-up steps.
+Prints one JSON line: images/s over the timed steps, after untimed warm-up steps. With
+--synchronise, under torchrun (CPU), every process is a bound on its own block of cores and
+all of them meet at a barrier after each step, as DDP ranks meet at their gradient exchange,
+but exchange nothing: what synchronous data-parallel training could reach on these cores.
+The first process prints the sum of their images/s.
 """
 
 import argparse
@@ -12,6 +17,7 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 
 from ddpbench.models import build_model
 from ddpbench.train import core_block, retain_freed_memory
@@ -32,7 +38,13 @@ def main() -> None:
     p.add_argument("--block", type=int, default=0, help="which block (a rank's local rank)")
     p.add_argument("--heap", choices=("retain", "system"), default="retain",
                    help="retain: glibc keeps freed memory, as the engine has it; system: glibc's default")
+    p.add_argument("--synchronise", action="store_true",
+                   help="under torchrun: a barrier after every step; block = local rank")
     args = p.parse_args()
+    if args.synchronise:
+        if "LOCAL_RANK" not in os.environ or args.device != "cpu":
+            raise SystemExit("--synchronise runs under torchrun on the CPU")
+        args.block = int(os.environ["LOCAL_RANK"])
     if args.heap == "retain" and not retain_freed_memory():
         raise SystemExit("cannot set glibc's malloc thresholds here; use --heap system")
     if args.pin == "on":
@@ -42,6 +54,10 @@ def main() -> None:
         os.sched_setaffinity(0, cores)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
+    if args.synchronise:  # after pinning, so gloo's threads share the pinned cores as a rank's do
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group("gloo")
+    meet = dist.barrier if args.synchronise else lambda: None
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -61,6 +77,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        meet()
 
     for _ in range(args.warmup):
         step()
@@ -72,7 +89,15 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    print(json.dumps({"images_per_s": args.batch_size * args.steps / seconds, "seconds": seconds, **vars(args)}))
+    result = {"images_per_s": args.batch_size * args.steps / seconds, "seconds": seconds, **vars(args)}
+    if args.synchronise:
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, result["images_per_s"])
+        dist.destroy_process_group()
+        if int(os.environ["RANK"]) != 0:
+            return
+        result.update(images_per_s=sum(per_rank), images_per_s_per_rank=per_rank, world_size=len(per_rank))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Measures, on this machine and in one run, interleaving the repetitions so that d
 machine's speed hit every figure alike:
   1. the compute bound (bench/compute_bound.py) at the threads of world size 1 and of the
      largest world size, and at the latter also as many bounds at once as that world size has
-     ranks, each on its own cores like a rank: what the cores give when all are busy;
+     ranks, each on its own cores like a rank: what the cores give when all are busy; and
+     those bounds meeting at a barrier after every step, as DDP ranks do: what synchronous
+     training could give on these cores, without data or DDP;
   2. the engine (torchrun -m ddpbench.train) at world size 1 and at the largest world size:
      images/s over the epochs after the first (the first epoch's warm-up is reported apart);
   3. at world size 1, the per-sample DataLoader (--loader dataloader) alone, and the study's
@@ -77,6 +79,15 @@ def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
             raise SystemExit(f"{' '.join(proc.args)} failed:\n{out[-3000:]}\n{err[-3000:]}")
         total += json.loads(out.strip().splitlines()[-1])["images_per_s"]
     return total
+
+
+def synchronised_compute_bounds(copies: int, threads: int, args) -> float:
+    """Sum of ``copies`` compute bounds, one per rank under torchrun, each pinned to its own
+    block of cores, meeting at a barrier after every step as DDP ranks meet at their gradient
+    exchange: the engine at this world size less its data path, DDP and the exchange itself."""
+    cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={copies}", *compute_bound_cmd(threads, args)[1:],
+           "--synchronise"]
+    return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
 def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto", allreduce: str = "auto") -> dict:
@@ -188,6 +199,8 @@ def main() -> int:
         if args.device == "cpu":
             plan.append((f"compute_bound_{threads_max}t_x{w_max}_at_once",
                          lambda: concurrent_compute_bounds(w_max, threads_max, args)))
+            plan.append((f"compute_bound_{threads_max}t_x{w_max}_synchronised",
+                         lambda: synchronised_compute_bounds(w_max, threads_max, args)))
         plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
         if args.device == "cpu":  # the engine's default sums gradients in shared memory: against gloo's all-reduce
             plan.append((f"engine_ws{w_max}_backend_allreduce",
@@ -221,6 +234,11 @@ def main() -> int:
         if args.device == "cpu":  # data and DDP alone: against the bound with every core busy
             targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_at_once"] = (
                 med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
+            # What meeting every step costs on these cores, apart from data and DDP.
+            targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_synchronised"] = (
+                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"])
+            targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_{w_max}x_alone"] = (
+                med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"] / (w_max * med[f"compute_bound_{threads_max}t"]))
             targets[f"ws{w_max}_backend_allreduce_vs_{w_max}x_compute_bound_{threads_max}t"] = (
                 med[f"engine_ws{w_max}_backend_allreduce"] / (w_max * med[f"compute_bound_{threads_max}t"]))
             targets[f"ws{w_max}_shared_memory_vs_backend_allreduce"] = (

@@ -1,11 +1,12 @@
 """Per-step cost of summing gradients, gloo against shared memory, in one launch; under torchrun.
 
-    torchrun --standalone --nproc-per-node 2 bench/step_transports.py --data resources/cifar10 [--blocks 8]
+    torchrun --standalone --nproc-per-node 2 bench/step_transports.py --data resources/cifar10 [--blocks 30]
 
 Separate engine runs a minute apart differ by more than the transports do on a noisy machine,
-so this trains three copies of the model side by side in one process group, interleaving
+so this trains four copies of the model side by side in one process group, interleaving
 blocks of steps (after a barrier) so that every variant sees the same machine:
   independent: no DDP, each rank on its own (what the cores give: the bound with data);
+  synchronised: no DDP, but the ranks meet at a barrier after every step (what meeting costs);
   backend:     DDP with gloo's all-reduce (train.allreduce: backend);
   shared_memory: DDP with the engine's shared-memory exchange (train.allreduce: shared_memory).
 Each rank is pinned to its own core with one thread, and keeps freed heap memory, as the engine
@@ -28,15 +29,16 @@ from ddpbench.comm import CommTimer, SharedMemoryAllReduce
 from ddpbench.models import build_model, count_parameters
 from ddpbench.train import core_block, no_forward_buffer_sync, retain_freed_memory
 
-VARIANTS = ("independent", "backend", "shared_memory")
+VARIANTS = ("independent", "synchronised", "backend", "shared_memory")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant")
-    p.add_argument("--steps", type=int, default=40, help="steps per block")
+    # Short blocks: this machine's speed drifts within seconds (bench/README.md).
+    p.add_argument("--blocks", type=int, default=30, help="timed blocks per variant")
+    p.add_argument("--steps", type=int, default=10, help="steps per block")
     args = p.parse_args()
     retain_freed_memory()
     os.sched_setaffinity(0, core_block(int(os.environ["LOCAL_RANK"]), 1))
@@ -52,7 +54,7 @@ def main() -> None:
     def build(variant):
         torch.manual_seed(0)
         model = build_model("simple_cnn").to(memory_format=torch.channels_last)
-        if variant != "independent":
+        if variant in ("backend", "shared_memory"):
             numel = count_parameters(model)
             model = DistributedDataParallel(model, gradient_as_bucket_view=True, **no_forward_buffer_sync())
             hook = CommTimer() if variant == "backend" else SharedMemoryAllReduce(numel)
@@ -74,6 +76,8 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if variant == "synchronised":
+                dist.barrier()
 
     for variant in VARIANTS:  # warm-up: first steps allocate, DDP rebuilds its buckets
         steps(variant, 10)
@@ -99,7 +103,11 @@ def main() -> None:
             for v in VARIANTS
         }
         slowest = {v: max(r["wall_ms_per_step"] for r in result[v]) for v in VARIANTS}
-        result["shared_memory_vs_backend_step_time"] = slowest["shared_memory"] / slowest["backend"]
+        result["step_time_ratios"] = {  # slowest rank's median wall time per step, one variant over another
+            "synchronised_vs_independent": slowest["synchronised"] / slowest["independent"],
+            "shared_memory_vs_synchronised": slowest["shared_memory"] / slowest["synchronised"],
+            "shared_memory_vs_backend": slowest["shared_memory"] / slowest["backend"],
+        }
         result["settings"] = {**vars(args), "world_size": dist.get_world_size()}
         print(json.dumps(result))
     dist.destroy_process_group()
