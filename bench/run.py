@@ -56,7 +56,7 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
 def compute_bound_cmd(threads: int, args, channels_last: str = "on", heap: str = "retain") -> list[str]:
     return [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
             str(args.batch_size), "--device", args.device, "--precision", args.precision,
-            "--channels-last", channels_last, "--heap", heap]
+            "--channels-last", channels_last, "--heap", heap, "--steps", str(args.bound_steps)]
 
 
 def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain") -> float:
@@ -168,6 +168,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2, help="per engine run; the first is warm-up")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--bound-steps", type=int, default=150, help="timed steps per compute bound")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--max-world-size", type=int, help="default: the cores (cpu) or GPUs (cuda)")
