@@ -4,9 +4,9 @@ Three DDP communication hooks:
 - ``skip_allreduce``: world size 1, where the all-reduce is the identity;
 - ``CommTimer``: gloo's (or any backend's) all-reduce, timed;
 - ``SharedMemoryAllReduce``: ranks of one node sum their gradients in a shared-memory segment.
-  Over loopback TCP, gloo's all-reduce of SimpleCNN's 4.6 MB of gradients takes 5.7 ms per call
+  Over loopback TCP, gloo's all-reduce of SimpleCNN's 4.6 MB of gradients takes 5.7-6.1 ms per call
   on the 2-core benchmark machine, on the cores that also train; through shared memory it
-  takes 2.0 ms (bench/run.py; README "Performance").
+  takes 2.0-2.2 ms (bench/run.py; README "Performance").
 """
 
 from __future__ import annotations
