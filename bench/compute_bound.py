@@ -14,11 +14,13 @@ The first process prints the sum of their images/s.
 import argparse
 import json
 import os
+import statistics
 import time
 
 import torch
 import torch.distributed as dist
 
+from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model
 from ddpbench.train import core_block, retain_freed_memory
 
@@ -94,11 +96,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     result = {"images_per_s": args.batch_size * args.steps / seconds, "seconds": seconds, **vars(args)}
     if len(ends) >= 20:  # how steady the machine was: step times' 5th, 50th and 95th percentiles
-        steps_ms = sorted(1e3 * (b - a) for a, b in zip([start, *ends], ends))
-        result["step_ms_p5_p50_p95"] = [steps_ms[len(steps_ms) * q // 100] for q in (5, 50, 95)]
+        cuts = statistics.quantiles([1e3 * (b - a) for a, b in zip([start, *ends], ends)], n=20)
+        result["step_ms_p5_p50_p95"] = [cuts[0], cuts[9], cuts[18]]
     if args.synchronise:
-        per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, result["images_per_s"])
+        per_rank = gather_objects(result["images_per_s"])
         dist.destroy_process_group()
         if int(os.environ["RANK"]) != 0:
             return

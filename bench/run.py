@@ -240,6 +240,10 @@ def main() -> int:
                 med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"])
             targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_{w_max}x_alone"] = (
                 med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+            # The same cores busy, the barrier the only difference: what meeting every step costs.
+            targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_at_once"] = (
+                med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"]
+                / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
             targets[f"ws{w_max}_backend_allreduce_vs_{w_max}x_compute_bound_{threads_max}t"] = (
                 med[f"engine_ws{w_max}_backend_allreduce"] / (w_max * med[f"compute_bound_{threads_max}t"]))
             targets[f"ws{w_max}_shared_memory_vs_backend_allreduce"] = (

@@ -11,7 +11,8 @@ blocks of steps (after a barrier) so that every variant sees the same machine:
   shared_memory: DDP with the engine's shared-memory exchange (train.allreduce: shared_memory).
 Each rank is pinned to its own core with one thread, and keeps freed heap memory, as the engine
 does. Rank 0 prints one JSON line: per variant and rank, the median over blocks of wall,
-main-thread CPU and process CPU milliseconds per step.
+main-thread CPU and process CPU milliseconds per step; and step_time_ratios, the slowest
+rank's median wall time per step of one variant over another's.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import data as data_mod
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
+from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model, count_parameters
 from ddpbench.train import core_block, no_forward_buffer_sync, retain_freed_memory
 
@@ -36,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--batch-size", type=int, default=128)
-    # Short blocks: this machine's speed drifts within seconds (bench/README.md).
+    # Short blocks: the benchmark machine's speed swings within seconds (README "Performance").
     p.add_argument("--blocks", type=int, default=30, help="timed blocks per variant")
     p.add_argument("--steps", type=int, default=10, help="steps per block")
     args = p.parse_args()
@@ -93,8 +95,7 @@ def main() -> None:
                 (time.thread_time() - thread) / args.steps * 1e3,
                 (end.user + end.system - process.user - process.system) / args.steps * 1e3,
             ))
-    per_rank = [None] * dist.get_world_size()
-    dist.all_gather_object(per_rank, samples)
+    per_rank = gather_objects(samples)
     if rank == 0:
         result = {
             v: [{key: statistics.median(s[i] for s in ranks[v]) for i, key in
