@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ddpbench.train import gloo_on_loopback_within_one_node
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -28,8 +30,7 @@ def main() -> None:
     p.add_argument("--transport", choices=("backend", "shared_memory"), default="backend")
     args = p.parse_args()
     torch.set_num_threads(1)
-    if int(os.environ["WORLD_SIZE"]) == int(os.environ["LOCAL_WORLD_SIZE"]):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    gloo_on_loopback_within_one_node()
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

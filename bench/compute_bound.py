@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model
-from ddpbench.train import core_block, retain_freed_memory
+from ddpbench.train import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     if args.synchronise:  # after pinning, so gloo's threads share the pinned cores as a rank's do
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        gloo_on_loopback_within_one_node()
         dist.init_process_group("gloo")
     meet = dist.barrier if args.synchronise else lambda: None
     device = torch.device(args.device)

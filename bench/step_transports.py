@@ -29,7 +29,7 @@ from ddpbench import data as data_mod
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model, count_parameters
-from ddpbench.train import core_block, no_forward_buffer_sync, retain_freed_memory
+from ddpbench.train import core_block, gloo_on_loopback_within_one_node, no_forward_buffer_sync, retain_freed_memory
 
 VARIANTS = ("independent", "synchronised", "backend", "shared_memory")
 
@@ -46,7 +46,7 @@ def main() -> None:
     os.sched_setaffinity(0, core_block(int(os.environ["LOCAL_RANK"]), 1))
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    gloo_on_loopback_within_one_node()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     images, labels = data_mod.load_split(args.data, "train", data_mod.read_meta(args.data))

@@ -158,9 +158,7 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    if world_size == local_world_size:
-        # One node: keep gloo's pair connections on loopback unless the user chose an interface.
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    gloo_on_loopback_within_one_node()
     if "RANK" not in os.environ:  # plain `python -m ddpbench.train`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     dist.init_process_group(
@@ -170,6 +168,13 @@ def init_distributed(cfg: TrainConfig) -> Dist:
     )
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size, device, backend, threads, pinned,
                 cores)
+
+
+def gloo_on_loopback_within_one_node() -> None:
+    """When every rank of the launch is on this node (torchrun's WORLD_SIZE = LOCAL_WORLD_SIZE,
+    or no launcher), keep gloo's pair connections on loopback unless the user chose an interface."""
+    if os.environ.get("WORLD_SIZE", "1") == os.environ.get("LOCAL_WORLD_SIZE", "1"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
 def pin_to_cores(local_rank: int, local_world_size: int, threads: int) -> list[int] | None:
