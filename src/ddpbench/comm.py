@@ -2,11 +2,11 @@
 
 Three DDP communication hooks:
 - ``skip_allreduce``: world size 1, where the all-reduce is the identity;
-- ``CommTimer``: gloo's (or any backend's) all-reduce, timed;
-- ``SharedMemoryAllReduce``: ranks of one node sum their gradients in a shared-memory segment.
-  Over loopback TCP, gloo's all-reduce of SimpleCNN's 4.6 MB of gradients takes 5.7-6.1 ms per call
-  on the 2-core benchmark machine, on the cores that also train; through shared memory it
-  takes 2.0-2.2 ms (bench/run.py; README "Performance").
+- ``CommTimer``: DDP's own all-reduce through the process group (gloo or nccl), timed; what
+  ``train.allreduce: backend``, the default, runs, as DDP's users run it;
+- ``SharedMemoryAllReduce`` (``train.allreduce: shared_memory``): CPU ranks of one node sum their
+  gradients in a shared-memory segment instead of over loopback TCP, on the cores that also train.
+bench/run.py and bench/step_transports.py compare the two exchanges; bench/README.md has the numbers.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 def skip_allreduce(state, bucket):
     """World size 1: the gradient all-reduce is the identity, so hand the bucket back as it is.
-    (Through gloo, the one-rank all-reduce still cost 10-30 % of a CPU step, measured here.)"""
+    (Through gloo a one-rank all-reduce still runs for every bucket: CPU time spent summing nothing.)"""
     future = torch.futures.Future()
     future.set_result(bucket.buffer())
     return future
 
 
 class CommTimer:
-    """Times DDP's gradient all-reduce (gloo) through a communication hook.
+    """Times DDP's gradient all-reduce (gloo on CPU) through a communication hook.
 
     The hook records when each bucket's all-reduce is launched and, from the future's
     completion callback (run on gloo's thread), when it finished. Per step:

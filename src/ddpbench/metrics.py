@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 
 def process_start_time() -> float:
-    """When this process was created (epoch seconds, 10 ms resolution), from /proc.
+    """When this process was created (epoch seconds, to a clock tick), from /proc.
 
     Falls back to the interpreter's first import of this module where /proc is missing.
     """
@@ -125,7 +125,7 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 
 def environment(device: torch.device, backend: str, threads_per_rank: int, cores: int) -> dict:
-    try:  # the installed version, without importing it (torchvision adds 160 MiB to a rank's RSS)
+    try:  # the installed version, without importing it (importing torchvision would grow every rank's RSS)
         torchvision_version = importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:
         torchvision_version = None
