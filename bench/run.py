@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ddpbench.data import make_synthetic, read_meta
+from ddpbench.cache import make_synthetic, read_meta
 from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.metrics import cores_available, cpu_model
 

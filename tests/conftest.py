@@ -22,7 +22,7 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> Path:
-    from ddpbench.data import make_synthetic
+    from ddpbench.cache import make_synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic(out, train_size=2048, test_size=512, seed=0)
@@ -36,8 +36,16 @@ def bin_path(name: str) -> str:
 
 
 def torchrun_cmd(nproc: int, *args: str, threads: int = 1) -> list[str]:
-    return [bin_path("torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "ddpbench.train",
-            "--threads-per-worker", str(threads), *args]
+    return [
+        bin_path("torchrun"),
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "ddpbench.train",
+        "--threads-per-worker",
+        str(threads),
+        *args,
+    ]
 
 
 def child_env() -> dict:
@@ -49,4 +57,6 @@ def child_env() -> dict:
 
 
 def run(cmd: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=kwargs.pop("env", child_env()), **kwargs)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=kwargs.pop("env", child_env()), **kwargs
+    )

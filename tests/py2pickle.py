@@ -19,10 +19,36 @@ def _value(v) -> bytes:
     if isinstance(v, np.ndarray):
         assert v.dtype == np.uint8
         shape = b"(" + b"".join(_int(d) for d in v.shape) + b"t"
-        dtype = (b"cnumpy\ndtype\n" + _string(b"u1") + _int(0) + _int(1) + b"\x87R"
-                 + b"(" + _int(3) + _string(b"|") + b"NNN" + _int(-1) + _int(-1) + _int(0) + b"tb")
-        return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + _int(0) + b"\x85" + _string(b"b")
-                + b"\x87R" + b"(" + _int(1) + shape + dtype + b"\x89" + _string(np.ascontiguousarray(v).tobytes()) + b"tb")
+        dtype = (
+            b"cnumpy\ndtype\n"
+            + _string(b"u1")
+            + _int(0)
+            + _int(1)
+            + b"\x87R"
+            + b"("
+            + _int(3)
+            + _string(b"|")
+            + b"NNN"
+            + _int(-1)
+            + _int(-1)
+            + _int(0)
+            + b"tb"
+        )
+        return (
+            b"cnumpy.core.multiarray\n_reconstruct\n"
+            + b"cnumpy\nndarray\n"
+            + _int(0)
+            + b"\x85"
+            + _string(b"b")
+            + b"\x87R"
+            + b"("
+            + _int(1)
+            + shape
+            + dtype
+            + b"\x89"
+            + _string(np.ascontiguousarray(v).tobytes())
+            + b"tb"
+        )
     if isinstance(v, bytes):
         return _string(v)
     if isinstance(v, int):
