@@ -3,18 +3,40 @@ training one (aggregation, the report)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
 def _stamp(minutes: int) -> str:
-    return (datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+    return (datetime(2025, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
 
-def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node-a", model: str = "simple_cnn") -> dict:
-    """A plausible run: Amdahl-like times (serial fraction 0.15), accuracy falling with the world size."""
-    train_total = 20.0 * (1 + 0.03 * seed) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+
+def jitter(*key) -> float:
+    """A deterministic factor in [0.95, 1.05] per key: runs of one world size differ by seed, and
+    differently at each world size, so speedups differ by seed and their spread is not zero."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return 0.95 + 0.1 * int.from_bytes(digest[:4], "big") / 2**32
+
+
+def make_run(
+    ws: int,
+    bs: int,
+    seed: int,
+    epochs: int = 3,
+    hostname: str = "node-a",
+    model: str = "simple_cnn",
+    train_time: float | None = None,
+    lock_wait: float | None = None,
+) -> dict:
+    """A plausible run: Amdahl-like times (serial fraction 0.15) with a per-run jitter, accuracy falling
+    with the world size. ``train_time`` sets the run's total training time exactly; ``lock_wait``
+    records a wait for the host-wide timing lock (environment.timing_lock)."""
+    if train_time is None:
+        train_time = 20.0 * jitter(ws, bs, seed) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+    train_total = train_time
     images = 2048
     records, elapsed, time_to_target = [], 0.0, None
     for e in range(1, epochs + 1):
@@ -25,56 +47,141 @@ def make_run(ws: int, bs: int, seed: int, epochs: int = 3, hostname: str = "node
         elapsed += train + 0.5
         if time_to_target is None and acc >= 50.0:
             time_to_target = elapsed
-        records.append({
-            "epoch": e, "train_loss": 2.0 - 0.25 * e, "train_acc": acc + 3.0, "test_loss": 2.0 - 0.2 * e + 0.05 * ws,
-            "test_acc": acc, "lr": 0.01, "steps": images // (bs * ws) or 1, "images": images,
-            "train_time_s": train, "eval_time_s": 0.5, "data_time_s": data, "step_time_s": step,
-            "compute_time_s": step - exposed, "comm_time_s": 2 * exposed, "comm_exposed_time_s": exposed,
-            "throughput_img_s": images / train, "elapsed_s": elapsed, "train_time_max_s": train * 1.01,
-        })
+        records.append(
+            {
+                "epoch": e,
+                "train_loss": 2.0 - 0.25 * e,
+                "train_acc": acc + 3.0,
+                "test_loss": 2.0 - 0.2 * e + 0.05 * ws,
+                "test_acc": acc,
+                "lr": 0.01,
+                "steps": images // (bs * ws) or 1,
+                "images": images,
+                "train_time_s": train,
+                "eval_time_s": 0.5,
+                "data_time_s": data,
+                "step_time_s": step,
+                "compute_time_s": step - exposed,
+                "comm_time_s": 2 * exposed,
+                "comm_exposed_time_s": exposed,
+                "throughput_img_s": images / train,
+                "elapsed_s": elapsed,
+                "train_time_max_s": train * 1.01,
+            }
+        )
 
     def total(key):
         return sum(r[key] for r in records)
 
     threads = max(1, 8 // ws)
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "ok",
         "config": {
-            "data": "resources/cifar10", "out": f"results/runs/ws{ws}_bs{bs}_seed{seed}.json", "model": model,
-            "epochs": epochs, "batch_size": bs, "batch_size_mode": "per_worker", "lr": 0.01, "momentum": 0.9,
-            "weight_decay": 1e-4, "lr_scaling": "none", "base_batch_size": 128, "warmup_epochs": 0.0,
-            "augment": "none", "channels_last": True, "precision": "fp32", "device": "cpu", "backend": "gloo",
-            "threads_per_worker": threads, "loader": "resident",
-            "allreduce": "shared_memory" if ws > 1 else "none", "seed": seed, "world_size": ws, "nnodes": 1,
-            "ranks_per_node": ws, "per_rank_batch_size": bs, "global_batch_size": bs * ws, "lr_effective": 0.01,
-            "max_train_samples": None, "target_accuracy": 50.0, "timeout": 120.0, "eval_batch_size": 500,
+            "data": "resources/cifar10",
+            "out": f"results/runs/ws{ws}_bs{bs}_seed{seed}.json",
+            "model": model,
+            "epochs": epochs,
+            "batch_size": bs,
+            "batch_size_mode": "per_worker",
+            "lr": 0.01,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "lr_scaling": "none",
+            "base_batch_size": 128,
+            "warmup_epochs": 0.0,
+            "augment": "none",
+            "channels_last": True,
+            "precision": "fp32",
+            "device": "cpu",
+            "backend": "gloo",
+            "threads_per_worker": threads,
+            "loader": "resident",
+            "allreduce": "shared_memory" if ws > 1 else "none",
+            "seed": seed,
+            "world_size": ws,
+            "nnodes": 1,
+            "ranks_per_node": ws,
+            "per_rank_batch_size": bs,
+            "global_batch_size": bs * ws,
+            "lr_effective": 0.01,
+            "max_train_samples": None,
+            "target_accuracy": 50.0,
+            "timeout": 120.0,
+            "eval_batch_size": 500,
         },
         "model": {"name": model, "parameters": 1147914},
-        "dataset": {"source": "synthetic", "counts": {"train": images, "test": 512}, "train_samples_used": images,
-                    "test_samples": 512},
+        "dataset": {
+            "source": "synthetic",
+            "counts": {"train": images, "test": 512},
+            "train_samples_used": images,
+            "test_samples": 512,
+        },
         "epochs": records,
         "totals": {
-            "train_loop_s": elapsed, "train_time_s": total("train_time_s"), "eval_time_s": total("eval_time_s"),
-            "data_time_s": total("data_time_s"), "step_time_s": total("step_time_s"),
-            "compute_time_s": total("compute_time_s"), "comm_time_s": total("comm_time_s"),
-            "comm_exposed_time_s": total("comm_exposed_time_s"), "images": images * epochs,
-            "throughput_img_s": images * epochs / total("train_time_s"), "final_test_acc": records[-1]["test_acc"],
-            "final_test_loss": records[-1]["test_loss"], "best_test_acc": max(r["test_acc"] for r in records),
-            "time_to_target_s": time_to_target, "process_start_to_first_step_s": 3.0 + 0.2 * ws,
-            "launch_to_first_step_s": None, "process_start_to_end_s": elapsed + 3.5,
-            "peak_rss_bytes_max": 900_000_000, "peak_rss_bytes_total": 900_000_000 * ws,
+            "train_loop_s": elapsed,
+            "train_time_s": total("train_time_s"),
+            "eval_time_s": total("eval_time_s"),
+            "data_time_s": total("data_time_s"),
+            "step_time_s": total("step_time_s"),
+            "compute_time_s": total("compute_time_s"),
+            "comm_time_s": total("comm_time_s"),
+            "comm_exposed_time_s": total("comm_exposed_time_s"),
+            "images": images * epochs,
+            "throughput_img_s": images * epochs / total("train_time_s"),
+            "final_test_acc": records[-1]["test_acc"],
+            "final_test_loss": records[-1]["test_loss"],
+            "best_test_acc": max(r["test_acc"] for r in records),
+            "time_to_target_s": time_to_target,
+            "process_start_to_first_step_s": 3.0 + 0.2 * ws,
+            "launch_to_first_step_s": None,
+            "process_start_to_end_s": elapsed + 3.5,
+            "peak_rss_bytes_max": 900_000_000,
+            "peak_rss_bytes_total": 900_000_000 * ws,
         },
-        "ranks": [{"rank": r, "hostname": hostname, "pid": 1000 + r, "peak_rss_bytes": 900_000_000,
-                   "pss_bytes": 600_000_000, "peak_gpu_mem_bytes": None} for r in range(ws)],
+        "ddp": {
+            "buckets": 2,
+            "bucket_bytes": [4_194_304, 397_352],
+            "allreduce_payload_bytes_per_step": 4_591_656 if ws > 1 else 0,
+            "ring_bytes_sent_per_rank_per_step": 4_591_656 * 2 * (ws - 1) / ws if ws > 1 else None,
+        },
+        "ranks": [
+            {
+                "rank": r,
+                "hostname": hostname,
+                "pid": 1000 + r,
+                "peak_rss_bytes": 900_000_000,
+                "pss_bytes": 600_000_000,
+                "peak_gpu_mem_bytes": None,
+            }
+            for r in range(ws)
+        ],
         "environment": {
-            "python": "3.11.7", "torch": "2.5.0", "torchvision": "0.20.0", "backend": "gloo", "device": "cpu",
-            "device_name": "Test CPU", "cpu_model": "Test CPU", "logical_cores": 8, "cores_available": 8,
-            "threads_per_rank": threads, "hostname": hostname, "platform": "Linux", "git_commit": None,
+            "python": "3.11.7",
+            "torch": "2.5.0",
+            "torchvision": "0.20.0",
+            "backend": "gloo",
+            "device": "cpu",
+            "device_name": "Test CPU",
+            "cpu_model": "Test CPU",
+            "logical_cores": 8,
+            "cores_available": 8,
+            "threads_per_rank": threads,
+            "hostname": hostname,
+            "platform": "Linux",
+            "git_commit": None,
             "hostnames": [hostname],
+            **(
+                {"timing_lock": {"path": "/tmp/ddpbench-timing.lock", "wait_s": lock_wait}}
+                if lock_wait is not None
+                else {}
+            ),
         },
         # One after the other, as the workflow runs them: two minutes apart, one minute long.
-        "timestamps": {"started_utc": _stamp(2 * (100 * ws + bs + seed)), "finished_utc": _stamp(2 * (100 * ws + bs + seed) + 1)},
+        "timestamps": {
+            "started_utc": _stamp(2 * (100 * ws + bs + seed)),
+            "finished_utc": _stamp(2 * (100 * ws + bs + seed) + 1),
+        },
     }
 
 
@@ -92,5 +199,3 @@ def write_grid(folder: Path, world_sizes, batch_sizes, seeds, skip=(), **run_kwa
                     path.write_text(json.dumps(make_run(ws, bs, seed, **run_kwargs)))
                     paths.append(path)
     return paths, expected
-
-

@@ -12,7 +12,6 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-
 from test_report import PLOTS, build_report
 
 pytestmark = pytest.mark.browser
@@ -30,23 +29,38 @@ def find_binary(*names: str) -> str | None:
 @pytest.fixture
 def driver(tmp_path):
     chrome = find_binary("chromium", "chromium-browser", "google-chrome")
-    chromedriver = find_binary("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    chromedriver = find_binary("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
     if chrome is None or chromedriver is None:
-        pytest.skip("headless browser test needs chromium and chromedriver on PATH "
-                    "(Debian: apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "headless browser test needs chromium and chromedriver on PATH "
+            "(Debian: apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--window-size={WIDTH},900", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--window-size={WIDTH},900",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
         # Offline before the page loads: anything the report tried to fetch would fail and log an error.
         browser.execute_cdp_cmd("Network.enable", {})
-        browser.execute_cdp_cmd("Network.emulateNetworkConditions",
-                                {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        browser.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
         yield browser
     finally:
         browser.quit()

@@ -1,13 +1,13 @@
 """The HTML report: its numbers are summary.json's, user text is escaped, a partial grid still reports.
 
-Inputs are built here (schema-valid run dicts -> ddpbench.aggregate -> summary), not copied from a
-real run, so the tests run anywhere; the schema check keeps the fixture honest.
+Inputs are built here (schema-valid run dicts -> ddpbench.aggregate -> summary.json), not copied from a
+real run, so the tests run anywhere; the schema check keeps the fixture honest. The report reads
+nothing but summary.json (and the config it shows).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from runfactory import make_run, write_grid
 
 from ddpbench import report
 from ddpbench.aggregate import aggregate
-from runfactory import make_run, write_grid
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
 XSS = "<script>alert(1)</script>"
@@ -26,13 +26,18 @@ XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
 
 
-def build_report(tmp: Path, skip=((4, 128, 1),)) -> tuple[str, dict, Path]:
-    """A two-batch-size grid with one missing run: (html, summary, report path)."""
-    paths, expected = write_grid(tmp / "results/runs", [1, 2, 4], [64, 128], [0, 1], skip=skip)
+def summary_json(paths, expected) -> dict:
+    """summary.json's content as the report reads it: through JSON (string keys, NaN as null)."""
     summary, _ = aggregate(paths, SCHEMA, expected)
-    summary = json.loads(json.dumps(summary))  # as the report reads it: JSON, string keys
+    return json.loads(json.dumps(summary, allow_nan=False))
+
+
+def build_report(tmp: Path, skip=((4, 128, 1),), **run_kwargs) -> tuple[str, dict, Path]:
+    """A two-batch-size grid with one missing run: (html, summary, report path)."""
+    paths, expected = write_grid(tmp / "results/runs", [1, 2, 4], [64, 128], [0, 1], skip=skip, **run_kwargs)
+    summary = summary_json(paths, expected)
     out = tmp / "results/report.html"
-    html = report.render(summary, report.load_runs(paths), None, tmp / "logs/train", out)
+    html = report.render(summary, None, tmp / "logs/train", out)
     out.write_text(html)
     return html, summary, out
 
@@ -51,8 +56,18 @@ def xss(tmp_path_factory):
     (tmp / "summary.json").write_text(json.dumps(summary))
     (tmp / "config.yaml").write_text(f"train:\n  note: '{XSS}'\n  epochs: 3\ngrid:\n  seeds: [0, 1]\n")
     out = tmp / "report.html"
-    rc = report.main(["--summary", str(tmp / "summary.json"), "--runs", *map(str, paths), "--config",
-                      str(tmp / "config.yaml"), "--out", str(out), "--plots-dir", str(tmp / "plots")])
+    rc = report.main(
+        [
+            "--summary",
+            str(tmp / "summary.json"),
+            "--config",
+            str(tmp / "config.yaml"),
+            "--out",
+            str(out),
+            "--plots-dir",
+            str(tmp / "plots"),
+        ]
+    )
     assert rc == 0
     return out.read_text(), summary, tmp
 
@@ -108,7 +123,7 @@ def assert_shown(col: str, value, text: str) -> None:
         return
     scale = 100 if col.startswith("efficiency") else 1
     decimals = len(text.split(".")[1]) if "." in text else 0
-    assert abs(float(text) - value * scale) <= 0.5 * 10 ** -decimals + 1e-9, (col, value, text)
+    assert abs(float(text) - value * scale) <= 0.5 * 10**-decimals + 1e-9, (col, value, text)
 
 
 def check_cells(cells: dict, expected: dict) -> int:
@@ -135,14 +150,27 @@ def test_fixture_runs_match_the_run_schema():
 
 def test_study_table_numbers_equal_summary(grid):
     html, summary, _ = grid
-    study = {(int(r["attrs"]["data-world-size"]), int(r["attrs"]["data-batch-size"])): r["cells"]
-             for r in parse(html) if r["table"] == "study" and "data-world-size" in r["attrs"]}
+    study = {
+        (int(r["attrs"]["data-world-size"]), int(r["attrs"]["data-batch-size"])): r["cells"]
+        for r in parse(html)
+        if r["table"] == "study" and "data-world-size" in r["attrs"]
+    }
     expected = {(r["world_size"], r["batch_size"]): r for r in summary["rows"]}
     assert study.keys() == expected.keys()
     for key, cells in study.items():
-        for col in ("world_size", "n_seeds", "train_time_mean_s", "train_time_std_s", "speedup_mean",
-                    "speedup_ci95_low", "efficiency_mean", "test_acc_mean", "test_acc_std",
-                    "throughput_mean_img_s", "karp_flatt"):
+        for col in (
+            "world_size",
+            "n_seeds",
+            "train_time_mean_s",
+            "train_time_std_s",
+            "speedup_mean",
+            "speedup_ci95_low",
+            "efficiency_mean",
+            "test_acc_mean",
+            "test_acc_std",
+            "throughput_mean_img_s",
+            "karp_flatt",
+        ):
             assert col in cells, (key, col)
         assert check_cells(cells, expected[key]) >= 15
     assert html.count('<table class="study"') == 2  # one per batch size
@@ -153,7 +181,7 @@ def test_headline_and_amdahl_equal_summary(grid):
     rows = [r for r in summary["rows"] if r["batch_size"] == 128]
     best = max(rows, key=lambda r: r["speedup_mean"])
     largest, base = rows[-1], rows[0]
-    section = html[html.index('<div class="cards" data-batch-size="128"'):]
+    section = html[html.index('<div class="cards" data-batch-size="128"') :]
     section = section[: section.index("</div>\n  </div>")]
     values = dict(re.findall(r'data-col="(\w+)" data-value="([^"]*)"', section))
     assert float(values["best_speedup"]) == best["speedup_mean"]
@@ -166,13 +194,15 @@ def test_headline_and_amdahl_equal_summary(grid):
 
 def test_runs_table_and_missing_run_listed(grid):
     html, summary, _ = grid
-    runs = {r["attrs"]["data-run"]: r["cells"] for r in parse(html) if r["table"] == "runs" and "data-run" in r["attrs"]}
+    runs = {
+        r["attrs"]["data-run"]: r["cells"] for r in parse(html) if r["table"] == "runs" and "data-run" in r["attrs"]
+    }
     expected = {f"ws{r['world_size']}_bs{r['batch_size']}_seed{r['seed']}": r for r in summary["runs"]}
     assert runs.keys() == expected.keys() and len(runs) == 11
     for name, cells in runs.items():
-        check_cells({k: v for k, v in cells.items() if k != "startup_s"}, expected[name])
+        check_cells(cells, expected[name])  # start-up too: summary.json has it per run
     assert summary["missing_runs"] == [{"world_size": 4, "batch_size": 128, "seed": 1}]
-    missing = html[html.index('<ul class="missing-runs">'):]
+    missing = html[html.index('<ul class="missing-runs">') :]
     assert '<li data-run="ws4_bs128_seed1">' in missing[: missing.index("</ul>")]
     assert 'id="no-missing"' not in html
 
@@ -181,7 +211,9 @@ def test_log_links_are_relative_to_the_report(grid):
     html, _, out = grid
     assert 'href="../logs/train/ws1_bs64_seed0.log"' in html
     assert 'href="../logs/train/ws4_bs128_seed1.log"' in html  # the missing run's log may say why
-    assert (out.parent / "../logs/train/ws1_bs64_seed0.log").resolve() == out.parents[1] / "logs/train/ws1_bs64_seed0.log"
+    assert (out.parent / "../logs/train/ws1_bs64_seed0.log").resolve() == out.parents[
+        1
+    ] / "logs/train/ws1_bs64_seed0.log"
 
 
 def test_every_plot_is_inline_svg_and_nothing_external(grid):
@@ -215,22 +247,55 @@ def test_cli_writes_plots_and_reports_no_missing_runs(xss):
 
 def test_runs_without_config_show_the_options_they_share(grid):
     html, _, _ = grid
-    config = html[html.index('<pre class="config">'):]
+    config = html[html.index('<pre class="config">') :]
     config = config[: config.index("</pre>")]
     assert "model: simple_cnn" in config and "epochs: 3" in config
     assert "seed:" not in config and "world_size:" not in config  # these vary by design
-    method = html[html.index('<section id="method">'):]
+    method = html[html.index('<section id="method">') :]
     assert "loader: <code>resident</code>" in method  # what the data share of the time plot measured
     assert "gradients summed through <code>shared_memory</code>" in method  # and what its communication did
 
 
 def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
     paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1])
-    runs = report.load_runs(paths)
-    assert report.overlapping_runs(runs) == []
+    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html")
+    assert "no two runs overlapped in time on the same host" in html
     shared = json.loads(paths[3].read_text())
     shared["timestamps"] = dict(json.loads(paths[0].read_text())["timestamps"])  # same minute as ws1 seed 0
     paths[3].write_text(json.dumps(shared))
-    summary, _ = aggregate(paths, SCHEMA, expected)
-    html = report.render(json.loads(json.dumps(summary)), report.load_runs(paths), None, None, tmp_path / "r.html")
+    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html")
     assert "ws1_bs128_seed0 and ws2_bs128_seed1 on node-a" in html
+
+
+def test_timing_lock_wait_is_shown_per_run_and_in_the_method(tmp_path):
+    html, summary, _ = build_report(tmp_path, lock_wait=1.25)
+    runs = [r["cells"] for r in parse(html) if r["table"] == "runs" and "data-run" in r["attrs"]]
+    assert [cells["lock_wait_s"] for cells in runs] == [[("1.25", "1.25")]] * len(summary["runs"])
+    method = html[html.index('<section id="method">') :]
+    assert "host-wide timing lock\n    <code>/tmp/ddpbench-timing.lock</code>" in method
+    assert 'data-col="lock_wait_total_s" data-value="13.75">13.8</span> s' in method  # 11 runs x 1.25 s
+
+
+def test_no_lock_column_without_a_timing_lock(grid):
+    html, _, _ = grid
+    assert "Lock wait" not in html and "took the host-wide timing lock" not in html
+
+
+def test_cli_refuses_a_summary_without_the_report_keys(tmp_path, capsys):
+    old = tmp_path / "summary.json"
+    old.write_text(
+        json.dumps(
+            {
+                "rows": [],
+                "runs": [],
+                "missing_runs": [],
+                "amdahl_serial_fraction": {},
+                "definitions": {},
+                "generated_utc": "2025-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    assert report.main(["--summary", str(old), "--out", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert "lacks headlines, learning_curves" in err and "rerun python -m ddpbench.aggregate" in err
+    assert not (tmp_path / "r.html").exists()

@@ -1,12 +1,16 @@
-"""Aggregate run JSONs into the scaling summary: one row per (world_size, batch_size).
+"""Aggregate run JSONs into the scaling summary: one row per (world_size, batch_size), plus
+everything the report shows (headlines, learning curves, machine, method, overlaps).
 
 Speedup is T(1)/T(W) on the training time (``totals.train_time_s``: training phases only,
 no evaluation), paired by seed at the same batch size; efficiency = speedup / W; the
 Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial fraction from the mean
 speedup. Confidence intervals use Student's t across seeds.
 
+Every run is checked against its file name (ws<W>_bs<B>_seed<S>.json) and, given the
+workflow's config, against the grid's options: a run that disagrees is refused.
+
     python -m ddpbench.aggregate --runs results/runs/*.json --schema workflow/schemas/run.schema.json \
-        --csv results/summary.csv --json results/summary.json
+        --config results/config.json --expect ws1_bs128_seed0 ... --csv results/summary.csv --json results/summary.json
 """
 
 from __future__ import annotations
@@ -20,34 +24,125 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
+from scipy.optimize import minimize_scalar
 
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
 
 RUN_NAME = re.compile(r"ws(?P<world_size>\d+)_bs(?P<batch_size>\d+)_seed(?P<seed>\d+)")
-
-
-def run_name(world_size: int, batch_size: int, seed: int) -> str:
-    """A run's name, as the workflow names its files (results/runs/<name>.json)."""
-    return f"ws{world_size}_bs{batch_size}_seed{seed}"
 SUMMARY_COLUMNS = [
-    "world_size", "batch_size", "global_batch_size", "n_seeds",
-    "train_time_mean_s", "train_time_std_s", "train_loop_mean_s",
-    "throughput_mean_img_s", "throughput_std_img_s",
-    "speedup_mean", "speedup_ci95_low", "speedup_ci95_high",
-    "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high",
-    "test_acc_mean", "test_acc_std", "test_acc_ci95_low", "test_acc_ci95_high",
-    "karp_flatt", "time_to_target_mean_s", "n_reached_target",
-    "data_share", "compute_share", "comm_share", "other_share", "eval_time_mean_s",
-    "peak_rss_max_bytes", "threads_per_worker", "nnodes",
+    "world_size",
+    "batch_size",
+    "global_batch_size",
+    "n_seeds",
+    "train_time_mean_s",
+    "train_time_std_s",
+    "train_loop_mean_s",
+    "throughput_mean_img_s",
+    "throughput_std_img_s",
+    "speedup_mean",
+    "speedup_ci95_low",
+    "speedup_ci95_high",
+    "efficiency_mean",
+    "efficiency_ci95_low",
+    "efficiency_ci95_high",
+    "test_acc_mean",
+    "test_acc_std",
+    "test_acc_ci95_low",
+    "test_acc_ci95_high",
+    "karp_flatt",
+    "time_to_target_mean_s",
+    "n_reached_target",
+    "data_share",
+    "compute_share",
+    "comm_share",
+    "other_share",
+    "eval_time_mean_s",
+    "peak_rss_max_bytes",
+    "threads_per_worker",
+    "nnodes",
 ]
+# Train options the job resolves itself (auto -> a value): the run records the resolved value,
+# so it legitimately differs from the workflow config's.
+RESOLVED_BY_JOB = frozenset({"threads_per_worker", "device", "ranks_per_node", "channels_last", "allreduce"})
+# Run-config keys that differ by design between the runs of one grid.
+PER_RUN_KEYS = frozenset(
+    {
+        "seed",
+        "world_size",
+        "out",
+        "nnodes",
+        "ranks_per_node",
+        "global_batch_size",
+        "per_rank_batch_size",
+        "lr_effective",
+        "threads_per_worker",
+        "batch_size",
+    }
+)
+REDO = "delete the file and rerun its job (snakemake then trains that run again)"
+DEFINITIONS = {
+    "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
+    "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size (a seed without its own "
+    "one-worker run is compared with the mean one-worker time)",
+    "time_to_target": "mean over the runs that reached the target accuracy (n_reached_target of them)",
+    "efficiency": "speedup / world_size",
+    "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1",
+    "ci95": "mean +- t(0.975, n-1) * sd / sqrt(n) across seeds; empty for one seed",
+    "amdahl_serial_fraction": "f minimising the squared error of 1 / (f + (1 - f) / W) against mean speedup",
+    "startup_s": "rank 0's process creation to its first training step (not part of train_time)",
+    "lock_wait_s": "seconds the run waited for the host-wide timing lock before it started (empty without one)",
+    "overlaps": "pairs of runs whose start-to-finish spans overlapped on a shared host (their timings interfere)",
+}
 
 
 class AggregateError(ValueError):
     pass
 
 
+def run_name(world_size: int, batch_size: int, seed: int) -> str:
+    """A run's name, as the workflow names its files (results/runs/<name>.json)."""
+    return f"ws{world_size}_bs{batch_size}_seed{seed}"
+
+
+# --------------------------------------------------------------------------- reading and checking runs
+
+
+def read_run(path: Path, validator=None, schema_path: Path | None = None) -> dict:
+    try:
+        run = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise AggregateError(f"cannot read run {path}: {err}. Delete it and re-run its training job.") from err
+    if validator is not None:
+        errors = sorted(validator.iter_errors(run), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(map(str, errors[0].path)) or "(top level)"
+            raise AggregateError(
+                f"run {path} does not match {schema_path}: {where}: {errors[0].message}. "
+                "Delete it and re-run its training job."
+            )
+    return run
+
+
+def check_name(run: dict, path: Path) -> None:
+    """The file name says which run it holds; its contents must agree (a copied or renamed file must not)."""
+    match = RUN_NAME.fullmatch(Path(path).name.removesuffix(".json"))
+    if match is None:
+        raise AggregateError(
+            f"run {path}: the file name does not say which run it holds; run files are named "
+            "ws<W>_bs<B>_seed<S>.json, as the workflow writes them: rename it or rerun its job"
+        )
+    for key in ("world_size", "batch_size", "seed"):
+        if run["config"][key] != int(match[key]):
+            raise AggregateError(
+                f"run {path}: config.{key} is {run['config'][key]!r} but the file name says {key} {match[key]}: "
+                f"the file holds another run's result; {REDO}"
+            )
+
+
 def load_runs(paths: list[Path], schema_path: Path | None = None) -> list[dict]:
+    """Read, validate (when given the schema) and name-check every run; each gets its ``_path``."""
     validator = None
     if schema_path is not None:
         import jsonschema
@@ -55,60 +150,107 @@ def load_runs(paths: list[Path], schema_path: Path | None = None) -> list[dict]:
         validator = jsonschema.Draft202012Validator(json.loads(Path(schema_path).read_text()))
     runs = []
     for path in paths:
-        try:
-            run = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise AggregateError(f"cannot read run {path}: {err}. Delete it and re-run its training job.") from err
-        if validator is not None:
-            errors = sorted(validator.iter_errors(run), key=lambda e: list(e.path))
-            if errors:
-                where = "/".join(map(str, errors[0].path)) or "(top level)"
-                raise AggregateError(
-                    f"run {path} does not match {schema_path}: {where}: {errors[0].message}. "
-                    "Delete it and re-run its training job."
-                )
+        run = read_run(path, validator, schema_path)
+        check_name(run, path)
         run["_path"] = str(path)
         runs.append(run)
     return runs
 
 
-def runs_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run with the numbers the summary and the report need."""
-    rows = []
+def load_config(path: Path | None) -> dict | None:
+    """The workflow's resolved config (results/config.json), or any YAML of the same shape."""
+    return None if path is None else yaml.safe_load(Path(path).read_text())
+
+
+def same_value(a, b) -> bool:
+    """Equal, with numbers compared as numbers (the config's 60 is the run's 60.0)."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def option_pairs(run: dict, config: dict):
+    """(what the run recorded, its value, the config key, the config's value) for every checked option."""
+    train, data = config.get("train") or {}, config.get("data") or {}
+    for key in sorted((train.keys() & run["config"].keys()) - RESOLVED_BY_JOB):
+        yield f"config.{key}", run["config"][key], f"train.{key}", train[key]
+    if "loader" in data:
+        yield "config.loader", run["config"]["loader"], "data.loader", data["loader"]
+    if "source" in data:
+        yield "dataset.source", run["dataset"]["source"], "data.source", data["source"]
+
+
+def check_options(run: dict, path: str, config: dict, source: str) -> None:
+    """A run trained with other options than the grid's does not belong in its summary."""
+    for run_key, run_value, config_key, config_value in option_pairs(run, config):
+        if not same_value(run_value, config_value):
+            raise AggregateError(
+                f"run {path}: {run_key} is {run_value!r} but {source} has {config_key}: {config_value!r}: "
+                f"the run was trained with other options than this grid; {REDO}"
+            )
+
+
+def check_grid(runs: list[dict], expected: list[str]) -> None:
+    names = set(expected)
     for run in runs:
-        cfg, tot = run["config"], run["totals"]
-        step = tot["step_time_s"]
-        data = tot["data_time_s"]
-        exposed = tot["comm_exposed_time_s"]
-        train = tot["train_time_s"]
-        rows.append({
-            "world_size": cfg["world_size"],
-            "batch_size": cfg["batch_size"],
-            "seed": cfg["seed"],
-            "global_batch_size": cfg["global_batch_size"],
-            "nnodes": cfg["nnodes"],
-            "threads_per_worker": cfg["threads_per_worker"],
-            "train_time_s": train,
-            "train_loop_s": tot["train_loop_s"],
-            "eval_time_s": tot["eval_time_s"],
-            "data_time_s": data,
-            "compute_time_s": tot["compute_time_s"] if tot["compute_time_s"] is not None else step,
-            "comm_exposed_time_s": exposed if exposed is not None else np.nan,
-            "other_time_s": max(train - data - step, 0.0),
-            "throughput_img_s": tot["throughput_img_s"],
-            "test_acc": tot["final_test_acc"],
-            "test_loss": tot["final_test_loss"],
-            "time_to_target_s": tot["time_to_target_s"] if tot["time_to_target_s"] is not None else np.nan,
-            "peak_rss_max_bytes": tot["peak_rss_bytes_max"],
-            "hostnames": ",".join(run["environment"]["hostnames"]),
-            "path": run.get("_path"),
-        })
-    df = pd.DataFrame(rows)
+        name = run_name(run["config"]["world_size"], run["config"]["batch_size"], run["config"]["seed"])
+        if name not in names:
+            raise AggregateError(
+                f"run {run['_path']} ({name}) is not part of the grid (--expect): "
+                "leave it out of --runs, or add its world size, batch size and seed to the grid"
+            )
+
+
+# --------------------------------------------------------------------------- the per-run table
+
+
+def run_row(run: dict) -> dict:
+    """The numbers of one run that the summary and the report need."""
+    cfg, tot, env = run["config"], run["totals"], run["environment"]
+    step, data, train = tot["step_time_s"], tot["data_time_s"], tot["train_time_s"]
+    lock = env.get("timing_lock")
+    return {
+        "world_size": cfg["world_size"],
+        "batch_size": cfg["batch_size"],
+        "seed": cfg["seed"],
+        "global_batch_size": cfg["global_batch_size"],
+        "nnodes": cfg["nnodes"],
+        "threads_per_worker": cfg["threads_per_worker"],
+        "train_time_s": train,
+        "train_loop_s": tot["train_loop_s"],
+        "eval_time_s": tot["eval_time_s"],
+        "data_time_s": data,
+        "compute_time_s": tot["compute_time_s"] if tot["compute_time_s"] is not None else step,
+        "comm_exposed_time_s": tot["comm_exposed_time_s"],
+        "other_time_s": max(train - data - step, 0.0),
+        "throughput_img_s": tot["throughput_img_s"],
+        "test_acc": tot["final_test_acc"],
+        "test_loss": tot["final_test_loss"],
+        "time_to_target_s": tot["time_to_target_s"],
+        "peak_rss_max_bytes": tot["peak_rss_bytes_max"],
+        "hostnames": ",".join(env["hostnames"]),
+        "path": run.get("_path"),
+        "name": run_name(cfg["world_size"], cfg["batch_size"], cfg["seed"]),
+        "startup_s": tot.get("process_start_to_first_step_s"),
+        "lock_wait_s": lock["wait_s"] if lock else None,
+        "started_utc": run["timestamps"]["started_utc"],
+        "finished_utc": run["timestamps"]["finished_utc"],
+    }
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per run, sorted by batch size, world size and seed."""
+    df = pd.DataFrame([run_row(run) for run in runs])
     if df.empty:
         raise AggregateError("no runs to aggregate: results/runs/ holds no run JSON")
+    for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s"):
+        df[column] = df[column].astype(float)  # None -> NaN
     dup = df.duplicated(["world_size", "batch_size", "seed"], keep=False)
     if dup.any():
-        raise AggregateError(f"more than one run for the same (world_size, batch_size, seed): {sorted(df.loc[dup, 'path'])}")
+        raise AggregateError(
+            f"more than one run for the same (world_size, batch_size, seed): {sorted(df.loc[dup, 'path'])}"
+        )
     return df.sort_values(["batch_size", "world_size", "seed"]).reset_index(drop=True)
 
 
@@ -126,20 +268,26 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
         )
     by_seed = base.set_index(["batch_size", "seed"]).train_time_s
     mean_by_bs = base.groupby("batch_size").train_time_s.mean()
-    t1 = [by_seed.get((bs, seed), mean_by_bs[bs]) for bs, seed in zip(df.batch_size, df.seed)]
+    t1 = [by_seed.get((bs, seed), mean_by_bs[bs]) for bs, seed in zip(df.batch_size, df.seed, strict=True)]
     df = df.copy()
     df["speedup"] = np.asarray(t1) / df.train_time_s
     df["efficiency"] = df.speedup / df.world_size
     return df
 
 
+# --------------------------------------------------------------------------- the summary rows
+
+
 def ci95(values: pd.Series) -> tuple[float, float]:
+    """Student's t interval of the mean across seeds; NaN for fewer than two values."""
     values = values.dropna()
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return (math.nan, math.nan)
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return (values.mean() - half, values.mean() + half)
+    sem = stats.sem(values)
+    if sem == 0:  # identical values: scipy returns NaN for a zero scale
+        return (values.mean(), values.mean())
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=sem)
+    return (float(low), float(high))
 
 
 def karp_flatt(speedup: float, world_size: int) -> float:
@@ -148,46 +296,47 @@ def karp_flatt(speedup: float, world_size: int) -> float:
     return (1.0 / speedup - 1.0 / world_size) / (1.0 - 1.0 / world_size)
 
 
+def summary_row(ws: int, bs: int, g: pd.DataFrame) -> dict:
+    train = g.train_time_s.sum()
+    speedup_ci, acc_ci = ci95(g.speedup), ci95(g.test_acc)
+    speedup_mean = g.speedup.mean()
+    return {
+        "world_size": ws,
+        "batch_size": bs,
+        "global_batch_size": int(g.global_batch_size.iloc[0]),
+        "n_seeds": len(g),
+        "train_time_mean_s": g.train_time_s.mean(),
+        "train_time_std_s": g.train_time_s.std(ddof=1),
+        "train_loop_mean_s": g.train_loop_s.mean(),
+        "throughput_mean_img_s": g.throughput_img_s.mean(),
+        "throughput_std_img_s": g.throughput_img_s.std(ddof=1),
+        "speedup_mean": speedup_mean,
+        "speedup_ci95_low": speedup_ci[0],
+        "speedup_ci95_high": speedup_ci[1],
+        "efficiency_mean": speedup_mean / ws,
+        "efficiency_ci95_low": speedup_ci[0] / ws,
+        "efficiency_ci95_high": speedup_ci[1] / ws,
+        "test_acc_mean": g.test_acc.mean(),
+        "test_acc_std": g.test_acc.std(ddof=1),
+        "test_acc_ci95_low": acc_ci[0],
+        "test_acc_ci95_high": acc_ci[1],
+        "karp_flatt": karp_flatt(speedup_mean, ws),
+        "time_to_target_mean_s": g.time_to_target_s.mean(),
+        "n_reached_target": int(g.time_to_target_s.notna().sum()),
+        # Shares of the training time (summed over seeds), for the step-time breakdown.
+        "data_share": g.data_time_s.sum() / train,
+        "compute_share": g.compute_time_s.sum() / train,
+        "comm_share": g.comm_exposed_time_s.sum() / train if g.comm_exposed_time_s.notna().all() else math.nan,
+        "other_share": g.other_time_s.sum() / train,
+        "eval_time_mean_s": g.eval_time_s.mean(),
+        "peak_rss_max_bytes": int(g.peak_rss_max_bytes.max()),
+        "threads_per_worker": int(g.threads_per_worker.iloc[0]),
+        "nnodes": int(g.nnodes.max()),
+    }
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for (bs, ws), g in df.groupby(["batch_size", "world_size"], sort=True):
-        train = g.train_time_s.sum()
-        speedup_ci = ci95(g.speedup)
-        acc_ci = ci95(g.test_acc)
-        speedup_mean = g.speedup.mean()
-        rows.append({
-            "world_size": ws,
-            "batch_size": bs,
-            "global_batch_size": int(g.global_batch_size.iloc[0]),
-            "n_seeds": len(g),
-            "train_time_mean_s": g.train_time_s.mean(),
-            "train_time_std_s": g.train_time_s.std(ddof=1),
-            "train_loop_mean_s": g.train_loop_s.mean(),
-            "throughput_mean_img_s": g.throughput_img_s.mean(),
-            "throughput_std_img_s": g.throughput_img_s.std(ddof=1),
-            "speedup_mean": speedup_mean,
-            "speedup_ci95_low": speedup_ci[0],
-            "speedup_ci95_high": speedup_ci[1],
-            "efficiency_mean": speedup_mean / ws,
-            "efficiency_ci95_low": speedup_ci[0] / ws,
-            "efficiency_ci95_high": speedup_ci[1] / ws,
-            "test_acc_mean": g.test_acc.mean(),
-            "test_acc_std": g.test_acc.std(ddof=1),
-            "test_acc_ci95_low": acc_ci[0],
-            "test_acc_ci95_high": acc_ci[1],
-            "karp_flatt": karp_flatt(speedup_mean, ws),
-            "time_to_target_mean_s": g.time_to_target_s.mean(),
-            "n_reached_target": int(g.time_to_target_s.notna().sum()),
-            # Shares of the training time (summed over seeds), for the step-time breakdown.
-            "data_share": g.data_time_s.sum() / train,
-            "compute_share": g.compute_time_s.sum() / train,
-            "comm_share": g.comm_exposed_time_s.sum() / train if g.comm_exposed_time_s.notna().all() else math.nan,
-            "other_share": g.other_time_s.sum() / train,
-            "eval_time_mean_s": g.eval_time_s.mean(),
-            "peak_rss_max_bytes": int(g.peak_rss_max_bytes.max()),
-            "threads_per_worker": int(g.threads_per_worker.iloc[0]),
-            "nnodes": int(g.nnodes.max()),
-        })
+    rows = [summary_row(ws, bs, g) for (bs, ws), g in df.groupby(["batch_size", "world_size"], sort=True)]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -198,20 +347,16 @@ def amdahl_fit(world_sizes, speedups) -> float | None:
     keep = np.isfinite(s) & (w > 1)
     if not keep.any():
         return None
-    from scipy.optimize import minimize_scalar
-
     w, s = w[keep], s[keep]
-    result = minimize_scalar(lambda f: np.sum((1.0 / (f + (1.0 - f) / w) - s) ** 2), bounds=(0.0, 1.0), method="bounded")
+    result = minimize_scalar(
+        lambda f: np.sum((1.0 / (f + (1.0 - f) / w) - s) ** 2), bounds=(0.0, 1.0), method="bounded"
+    )
     return float(result.x)
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
-    """Rows as plain JSON values: NaN becomes null."""
-    out = []
-    for row in df.to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else (v.item() if hasattr(v, "item") else v))
-                    for k, v in row.items()})
-    return out
+def records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON values: NaN becomes null, numpy scalars become Python's."""
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
@@ -223,50 +368,253 @@ def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
             raise AggregateError(f"expected run {name!r} is not named ws<W>_bs<B>_seed<S>")
         key = (int(m["world_size"]), int(m["batch_size"]), int(m["seed"]))
         if key not in present:
-            missing.append(dict(zip(("world_size", "batch_size", "seed"), key)))
+            missing.append(dict(zip(("world_size", "batch_size", "seed"), key, strict=True)))
     return missing
 
 
-def aggregate(paths: list[Path], schema: Path | None = None, expected: list[str] | None = None) -> tuple[dict, pd.DataFrame]:
-    runs = add_speedup(runs_table(load_runs(paths, schema)))
-    summary = summarize(runs)
-    amdahl = {int(bs): amdahl_fit(g.world_size, g.speedup_mean) for bs, g in summary.groupby("batch_size")}
+# --------------------------------------------------------------------------- what the report shows
+
+
+def headlines(summary: pd.DataFrame) -> list[dict]:
+    """Per batch size: the best mean speedup, the efficiency at the largest world size, and the
+    accuracy change from the smallest to the largest world size."""
+    out = []
+    for bs, g in summary.sort_values("world_size").groupby("batch_size", sort=True):
+        base, largest = g.iloc[0], g.iloc[-1]
+        best = g.loc[g.speedup_mean.idxmax()] if g.speedup_mean.notna().any() else base
+        out.append(
+            {
+                "batch_size": int(bs),
+                "base_ws": int(base.world_size),
+                "largest_ws": int(largest.world_size),
+                "best_speedup": best.speedup_mean,
+                "best_ws": int(best.world_size),
+                "efficiency_largest": largest.efficiency_mean,
+                "acc_base": base.test_acc_mean,
+                "acc_largest": largest.test_acc_mean,
+                "acc_change": largest.test_acc_mean - base.test_acc_mean,
+            }
+        )
+    return records(pd.DataFrame(out))
+
+
+def learning_curves(runs: list[dict]) -> list[dict]:
+    """Per (batch size, world size): test accuracy and loss per epoch, averaged over seeds (only
+    the epochs every seed has)."""
+    epochs = pd.DataFrame(
+        [
+            {
+                "batch_size": r["config"]["batch_size"],
+                "world_size": r["config"]["world_size"],
+                "seed": r["config"]["seed"],
+                "epoch": e["epoch"],
+                "test_acc": e["test_acc"],
+                "test_loss": e["test_loss"],
+            }
+            for r in runs
+            for e in r["epochs"]
+        ]
+    )
+    out = []
+    for (bs, ws), g in epochs.groupby(["batch_size", "world_size"], sort=True):
+        n_seeds = g.seed.nunique()
+        mean = g.groupby("epoch").agg(
+            test_acc=("test_acc", "mean"), test_loss=("test_loss", "mean"), n=("seed", "size")
+        )
+        mean = mean[mean.n == n_seeds]
+        out.append(
+            {
+                "batch_size": int(bs),
+                "world_size": int(ws),
+                "n_seeds": int(n_seeds),
+                "epoch": [int(e) for e in mean.index],
+                "test_acc": mean.test_acc.tolist(),
+                "test_loss": mean.test_loss.tolist(),
+            }
+        )
+    return out
+
+
+def distinct(values) -> list:
+    """The different values (list items counted one by one), in first-seen order, None left out."""
+    seen = []
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item not in seen:
+                seen.append(item)
+    return seen
+
+
+MACHINE_FIELDS = [
+    ("cpu_model", "CPU"),
+    ("logical_cores", "Logical cores"),
+    ("cores_available", "Cores available"),
+    ("device", "Device"),
+    ("backend", "Backend"),
+    ("torch", "PyTorch"),
+    ("torchvision", "torchvision"),
+    ("python", "Python"),
+    ("hostnames", "Hosts"),
+    ("platform", "Platform"),
+    ("git_commit", "Git commit"),
+]
+
+
+def machine(runs: list[dict]) -> list[dict]:
+    """What the runs ran on: each field's values, all of them where runs differ."""
+    envs = [r["environment"] for r in runs]
+    out = []
+    for key, label in MACHINE_FIELDS:
+        if key == "device":
+            values = distinct(f"{e.get('device')} ({e.get('device_name')})" for e in envs)
+        else:
+            values = distinct(e.get(key) for e in envs)
+        out.append({"key": key, "label": label, "values": values})
+    return out
+
+
+def timing_lock(runs: list[dict]) -> dict | None:
+    """The host-wide lock timed runs queued on (environment.timing_lock), or None if no run took one."""
+    held = [r["environment"]["timing_lock"] for r in runs if r["environment"].get("timing_lock")]
+    if not held:
+        return None
+    waits = [lock["wait_s"] for lock in held]
+    return {
+        "paths": distinct(lock["path"] for lock in held),
+        "n_runs": len(held),
+        "wait_total_s": float(sum(waits)),
+        "wait_max_s": float(max(waits)),
+    }
+
+
+def method(runs: list[dict], table: pd.DataFrame) -> dict:
+    """The facts the "How this was measured" section quotes."""
+    configs = [r["config"] for r in runs]
+    threads = (
+        table[["world_size", "threads_per_worker"]].drop_duplicates().sort_values(["world_size", "threads_per_worker"])
+    )
+    return {
+        "threads": records(threads),
+        "cores_available": distinct(r["environment"]["cores_available"] for r in runs),
+        "epochs": distinct(c["epochs"] for c in configs),
+        "model": distinct(r["model"]["name"] for r in runs),
+        "parameters": distinct(r["model"]["parameters"] for r in runs),
+        "dataset": distinct(r["dataset"]["source"] for r in runs),
+        "train_samples": distinct(r["dataset"]["train_samples_used"] for r in runs),
+        "test_samples": distinct(r["dataset"]["test_samples"] for r in runs),
+        "batch_size_mode": distinct(c["batch_size_mode"] for c in configs),
+        "loader": distinct(c["loader"] for c in configs),
+        "allreduce": distinct(c["allreduce"] for c in configs if c["world_size"] > 1),
+        "comm_timed": bool(table.comm_exposed_time_s.notna().any()),
+        "startup_mean_s": None if table.startup_s.isna().all() else float(table.startup_s.mean()),
+        "timing_lock": timing_lock(runs),
+    }
+
+
+def overlaps(table: pd.DataFrame) -> list[dict]:
+    """Pairs of runs whose start-to-finish spans overlapped on a shared host."""
+    spans = table.assign(host=table.hostnames.str.split(",")).explode("host")
+    spans = spans.sort_values(["host", "started_utc", "name"])[["host", "started_utc", "finished_utc", "name"]]
+    pairs = []
+    for host, g in spans.groupby("host", sort=True):
+        rows = list(g.itertuples(index=False))
+        for i, run in enumerate(rows):
+            for other in rows[i + 1 :]:
+                if other.started_utc >= run.finished_utc:
+                    break
+                pairs.append({"host": host, "runs": [run.name, other.name]})
+    return pairs
+
+
+def shared_run_config(runs: list[dict]) -> dict:
+    """The options every run agrees on: what the grid held fixed, shown when no workflow config is given."""
+    configs = [r["config"] for r in runs]
+    return {k: v for k, v in configs[0].items() if k not in PER_RUN_KEYS and all(c.get(k) == v for c in configs)}
+
+
+# --------------------------------------------------------------------------- the whole summary
+
+
+def aggregate(
+    paths: list[Path],
+    schema: Path | None = None,
+    expected: list[str] | None = None,
+    config: dict | None = None,
+    config_source: str = "the workflow config",
+) -> tuple[dict, pd.DataFrame]:
+    """summary.json's content and the summary table (summary.csv) of the runs at ``paths``.
+
+    ``expected`` names the grid's runs; ``config`` is the workflow config every run must agree with."""
+    expected = expected or []
+    if not paths:
+        if expected:
+            shown = ", ".join(expected[:4]) + (", ..." if len(expected) > 4 else "")
+            raise AggregateError(
+                f"no finished run of this grid yet: none of its {len(expected)} runs ({shown}) has a result; "
+                "train them first (snakemake --cores all --keep-going, with the same --configfile as here)"
+            )
+        raise AggregateError("no run to aggregate: give run JSONs with --runs")
+    runs = load_runs(paths, schema)
+    if config is not None:
+        for run in runs:
+            check_options(run, run["_path"], config, config_source)
+    if expected:
+        check_grid(runs, expected)
+    table = add_speedup(runs_table(runs))
+    summary = summarize(table)
     return {
         "generated_utc": utc_now(),
-        "definitions": {
-            "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
-            "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size (a seed without its own "
-                       "one-worker run is compared with the mean one-worker time)",
-            "time_to_target": "mean over the runs that reached the target accuracy (n_reached_target of them)",
-            "efficiency": "speedup / world_size",
-            "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1",
-            "ci95": "mean +- t(0.975, n-1) * sd / sqrt(n) across seeds; empty for one seed",
-            "amdahl_serial_fraction": "f minimising the squared error of 1 / (f + (1 - f) / W) against mean speedup",
+        "definitions": DEFINITIONS,
+        "rows": records(summary),
+        "runs": records(table),
+        "missing_runs": expected_missing(expected, table),
+        "amdahl_serial_fraction": {
+            int(bs): amdahl_fit(g.world_size, g.speedup_mean) for bs, g in summary.groupby("batch_size")
         },
-        "rows": _records(summary),
-        "runs": _records(runs),
-        "missing_runs": expected_missing(expected or [], runs),
-        "amdahl_serial_fraction": amdahl,
+        "headlines": headlines(summary),
+        "learning_curves": learning_curves(runs),
+        "machine": machine(runs),
+        "method": method(runs, table),
+        "overlaps": overlaps(table),
+        "period": {"first_started_utc": table.started_utc.min(), "last_finished_utc": table.finished_utc.max()},
+        "shared_run_config": shared_run_config(runs),
     }, summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddpbench.aggregate", description="Aggregate run JSONs into the summary.")
-    p.add_argument("--runs", nargs="+", required=True, type=Path)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpbench.aggregate", description="Aggregate run JSONs into the summary."
+    )
+    p.add_argument("--runs", nargs="*", default=[], type=Path, help="run JSONs (none: an error that says so)")
     p.add_argument("--schema", type=Path, help="validate every run against this JSON schema")
+    p.add_argument(
+        "--config", type=Path, help="the workflow config (results/config.json): every run's options must agree with it"
+    )
     p.add_argument("--expect", nargs="*", default=[], help="run names (ws<W>_bs<B>_seed<S>) the grid asks for")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
     try:
-        result, summary = aggregate(args.runs, args.schema, args.expect)
-    except AggregateError as err:
+        config = load_config(args.config)
+        result, summary = aggregate(args.runs, args.schema, args.expect, config, f"the workflow config {args.config}")
+    except (AggregateError, OSError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     atomic_write_text(args.csv, summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_json(args.json, result)
-    print(summary[["world_size", "batch_size", "n_seeds", "train_time_mean_s", "speedup_mean", "efficiency_mean",
-                   "test_acc_mean"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(
+        summary[
+            [
+                "world_size",
+                "batch_size",
+                "n_seeds",
+                "train_time_mean_s",
+                "speedup_mean",
+                "efficiency_mean",
+                "test_acc_mean",
+            ]
+        ].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    )
     return 0
 
 

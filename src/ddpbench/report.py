@@ -1,8 +1,10 @@
 """Render the scaling study as one self-contained HTML file: tables, inline SVG plots, no scripts.
 
-    python -m ddpbench.report --summary results/summary.json --runs results/runs/*.json \
-        --config config.yaml --logs-dir logs/train --out results/report.html [--plots-dir results/plots]
+    python -m ddpbench.report --summary results/summary.json --config results/config.json \
+        --logs-dir logs/train --out results/report.html [--plots-dir results/plots]
 
+It only renders: every number, curve and fact comes from summary.json (python -m ddpbench.aggregate);
+the workflow config is shown as it is, and the logs folder gives the links.
 The page opens from disk with no network: CSS is inline, plots are matplotlib SVG inserted as
 markup, and every other value goes through jinja2's autoescaping.
 """
@@ -26,8 +28,7 @@ import yaml
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from ddpbench import aggregate
-from ddpbench.aggregate import run_name
+from ddpbench.aggregate import load_config, run_name
 from ddpbench.io import atomic_write_text
 
 TEMPLATE = "report.html.j2"
@@ -51,39 +52,48 @@ SVG_STYLE = {
 }
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
 PARTS = [  # (label, colour) of the time breakdown, in stacking order
-    ("data", "#60a5fa"), ("compute", "#2563eb"), ("communication (exposed)", "#f97316"),
-    ("other", "#a3a3a3"), ("evaluation", "#a78bfa"),
+    ("data", "#60a5fa"),
+    ("compute", "#2563eb"),
+    ("communication (exposed)", "#f97316"),
+    ("other", "#a3a3a3"),
+    ("evaluation", "#a78bfa"),
 ]
 SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
-# Run-config keys that differ by design between the runs of one grid.
-PER_RUN_KEYS = {"seed", "world_size", "out", "nnodes", "ranks_per_node", "global_batch_size", "per_rank_batch_size",
-                "lr_effective", "threads_per_worker", "batch_size"}
+# What the page reads from summary.json; an older summary lacks some of it.
+SUMMARY_KEYS = (
+    "generated_utc",
+    "definitions",
+    "rows",
+    "runs",
+    "missing_runs",
+    "amdahl_serial_fraction",
+    "headlines",
+    "learning_curves",
+    "machine",
+    "method",
+    "overlaps",
+    "period",
+    "shared_run_config",
+)
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def run_key(d: dict) -> tuple[int, int, int]:
-    return int(d["world_size"]), int(d["batch_size"]), int(d["seed"])
+class ReportError(ValueError):
+    pass
 
 
-def load_runs(paths: list[Path]) -> dict[tuple[int, int, int], dict]:
-    """Run JSONs (read as aggregation reads them) keyed by (world size, batch size, seed)."""
-    return {run_key(run["config"]): run for run in aggregate.load_runs(paths)}
-
-
-def load_config(path: Path | None) -> dict | None:
-    """The workflow's resolved config, YAML or JSON (JSON is YAML)."""
-    return None if path is None else yaml.safe_load(Path(path).read_text())
-
-
-def shared_run_config(runs: dict) -> dict:
-    """Without --config: the options every run agrees on, which is what the grid held fixed."""
-    configs = [r["config"] for r in runs.values()]
-    if not configs:
-        return {}
-    return {k: v for k, v in configs[0].items()
-            if k not in PER_RUN_KEYS and all(c.get(k) == v for c in configs)}
+def load_summary(path: Path) -> dict:
+    """summary.json as aggregation wrote it; one without the report's keys is refused."""
+    summary = json.loads(Path(path).read_text())
+    lacking = [key for key in SUMMARY_KEYS if key not in summary]
+    if lacking:
+        raise ReportError(
+            f"{path} lacks {', '.join(lacking)}: it was written by an older ddpbench; "
+            "rerun python -m ddpbench.aggregate (with snakemake: delete the file and run snakemake again)"
+        )
+    return summary
 
 
 def by_batch(rows: list[dict]) -> dict[int, list[dict]]:
@@ -98,51 +108,8 @@ def num(value) -> float:
     return math.nan if value is None else float(value)
 
 
-# --------------------------------------------------------------------------- page content
-
-
-def headlines(rows: list[dict]) -> list[dict]:
-    """Per batch size: the best speedup, the efficiency at the largest world size, and the
-    accuracy change from one worker to the largest world size."""
-    out = []
-    for bs, group in by_batch(rows).items():
-        base, largest = group[0], group[-1]
-        best = max(group, key=lambda r: r["speedup_mean"] or 0.0)
-        acc_change = (None if None in (base["test_acc_mean"], largest["test_acc_mean"])
-                      else largest["test_acc_mean"] - base["test_acc_mean"])
-        out.append({
-            "batch_size": bs, "base_ws": base["world_size"], "largest_ws": largest["world_size"],
-            "best_speedup": best["speedup_mean"], "best_ws": best["world_size"],
-            "efficiency_largest": largest["efficiency_mean"],
-            "acc_base": base["test_acc_mean"], "acc_largest": largest["test_acc_mean"], "acc_change": acc_change,
-        })
-    return out
-
-
-def distinct(values) -> str:
-    seen = []
-    for v in values:
-        for item in (v if isinstance(v, list) else [v]):
-            if item is not None and str(item) not in seen:
-                seen.append(str(item))
-    return ", ".join(seen) if seen else "–"
-
-
-def machine(runs: dict) -> list[tuple[str, str]]:
-    """What the runs ran on; values that differ between runs are all listed."""
-    envs = [r["environment"] for r in runs.values()]
-    fields = [("CPU", "cpu_model"), ("Logical cores", "logical_cores"), ("Cores available", "cores_available"),
-              ("Backend", "backend"), ("PyTorch", "torch"), ("torchvision", "torchvision"), ("Python", "python"),
-              ("Hosts", "hostnames"), ("Platform", "platform"), ("Git commit", "git_commit")]
-    rows = [(label, distinct(e.get(key) for e in envs)) for label, key in fields]
-    rows.insert(3, ("Device", distinct(f'{e.get("device")} ({e.get("device_name")})' for e in envs)))
-    return rows
-
-
-def run_period(runs: dict) -> tuple[str | None, str | None]:
-    starts = sorted(r["timestamps"]["started_utc"] for r in runs.values())
-    ends = sorted(r["timestamps"]["finished_utc"] for r in runs.values())
-    return (starts[0] if starts else None, ends[-1] if ends else None)
+def run_key(d: dict) -> tuple[int, int, int]:
+    return int(d["world_size"]), int(d["batch_size"]), int(d["seed"])
 
 
 def log_link(logs_dir: Path | None, out: Path, key: tuple[int, int, int]) -> str | None:
@@ -153,70 +120,24 @@ def log_link(logs_dir: Path | None, out: Path, key: tuple[int, int, int]) -> str
     return Path(os.path.relpath(target.resolve(), out.resolve().parent)).as_posix()
 
 
-def run_rows(summary: dict, runs: dict, logs_dir: Path | None, out: Path) -> list[dict]:
-    """Summary's per-run rows with what only the run JSON knows (hosts, start-up)."""
-    rows = []
-    for r in summary["runs"]:
-        key = run_key(r)
-        run = runs.get(key, {})
-        totals = run.get("totals", {})
-        rows.append({
+def run_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
+    """summary.json's per-run rows with their log links."""
+    return [
+        {
             **r,
-            "name": run_name(*key),
-            "hostnames": ", ".join(run["environment"]["hostnames"]) if run else r.get("hostnames", ""),
-            "startup_s": totals.get("process_start_to_first_step_s"),
-            "log": log_link(logs_dir, out, key),
-        })
-    return rows
+            "name": run_name(*run_key(r)),
+            "hosts": r["hostnames"].replace(",", ", "),
+            "log": log_link(logs_dir, out, run_key(r)),
+        }
+        for r in summary["runs"]
+    ]
 
 
 def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
-    rows = []
-    for m in summary.get("missing_runs", []):
-        key = run_key(m)
-        rows.append({**m, "name": run_name(*key), "log": log_link(logs_dir, out, key)})
-    return rows
-
-
-def overlapping_runs(runs: dict) -> list[tuple[str, str, str]]:
-    """Pairs of runs whose training overlapped in time on a shared host: (host, run, run)."""
-    spans = []
-    for key, run in runs.items():
-        started, finished = run["timestamps"]["started_utc"], run["timestamps"]["finished_utc"]
-        for host in run["environment"]["hostnames"]:
-            spans.append((host, started, finished, run_name(*key)))
-    spans.sort()
-    pairs = []
-    for i, (host, start, end, name) in enumerate(spans):
-        for other_host, other_start, _, other in spans[i + 1:]:
-            if other_host != host or other_start >= end:
-                break
-            pairs.append((host, name, other))
-    return pairs
-
-
-def method_facts(summary: dict, runs: dict) -> dict:
-    """The numbers the "How this was measured" section quotes."""
-    threads = sorted({(r["world_size"], r["threads_per_worker"]) for r in summary["rows"]})
-    cores = distinct(r["environment"]["cores_available"] for r in runs.values())
-    first = next(iter(runs.values()), None)
-    startup = [r["totals"]["process_start_to_first_step_s"] for r in runs.values()
-               if r["totals"].get("process_start_to_first_step_s") is not None]
-    return {
-        "threads": threads,
-        "cores": cores,
-        "epochs": distinct(r["config"]["epochs"] for r in runs.values()),
-        "dataset": distinct(r["dataset"]["source"] for r in runs.values()),
-        "train_samples": distinct(r["dataset"]["train_samples_used"] for r in runs.values()),
-        "test_samples": distinct(r["dataset"]["test_samples"] for r in runs.values()),
-        "batch_size_mode": distinct(r["config"]["batch_size_mode"] for r in runs.values()),
-        "loader": distinct(r["config"]["loader"] for r in runs.values()),
-        "allreduce": distinct(r["config"]["allreduce"] for r in runs.values() if r["config"]["world_size"] > 1),
-        "comm_timed": any(r["totals"]["comm_exposed_time_s"] is not None for r in runs.values()),
-        "startup_mean_s": sum(startup) / len(startup) if startup else None,
-        "model": f'{first["model"]["name"]} ({first["model"]["parameters"]:,} parameters)' if first else "–",
-        "overlaps": overlapping_runs(runs),
-    }
+    return [
+        {**m, "name": run_name(*run_key(m)), "log": log_link(logs_dir, out, run_key(m))}
+        for m in summary["missing_runs"]
+    ]
 
 
 # --------------------------------------------------------------------------- plots
@@ -245,8 +166,17 @@ def batch_label(bs: int, many: bool) -> str:
     return f"batch {bs}" if many else "measured"
 
 
-def world_size_plot(rows: list[dict], key: str, yerr, ylabel: str, title: str, scale: float = 1.0,
-                    from_zero: bool = True, per_batch=None, ideal=None) -> Figure:
+def world_size_plot(
+    rows: list[dict],
+    key: str,
+    yerr,
+    ylabel: str,
+    title: str,
+    scale: float = 1.0,
+    from_zero: bool = True,
+    per_batch=None,
+    ideal=None,
+) -> Figure:
     """One line per batch size of ``key`` against the world size, with error bars.
 
     ``yerr(group)`` gives the error bars; ``ideal(ax, sizes)`` draws a reference first;
@@ -260,8 +190,9 @@ def world_size_plot(rows: list[dict], key: str, yerr, ylabel: str, title: str, s
     for i, (bs, g) in enumerate(groups.items()):
         colour = PALETTE[i % len(PALETTE)]
         w, y = series(g, "world_size"), scale * series(g, key)
-        ax.errorbar(w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour,
-                    label=batch_label(bs, len(groups) > 1))
+        ax.errorbar(
+            w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour, label=batch_label(bs, len(groups) > 1)
+        )
         if per_batch:
             per_batch(ax, g, w, y, colour)
     world_axis(ax, sizes)
@@ -281,17 +212,26 @@ def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
             ax.plot(dense, 1.0 / (f + (1.0 - f) / dense), ":", color=colour, label=f"Amdahl fit, f = {f:.3f}")
 
     return world_size_plot(
-        rows, "speedup_mean", lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
-        "speedup T(1) / T(W)", "Speedup (95 % CI across seeds)", per_batch=fit,
-        ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"))
+        rows,
+        "speedup_mean",
+        lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
+        "speedup T(1) / T(W)",
+        "Speedup (95 % CI across seeds)",
+        per_batch=fit,
+        ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"),
+    )
 
 
 def efficiency_plot(rows: list[dict]) -> Figure:
     return world_size_plot(
-        rows, "efficiency_mean",
+        rows,
+        "efficiency_mean",
         lambda g: ci_errors(g, "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high"),
-        "parallel efficiency (%)", "Efficiency = speedup / W (95 % CI)", scale=100,
-        ideal=lambda ax, sizes: ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)"))
+        "parallel efficiency (%)",
+        "Efficiency = speedup / W (95 % CI)",
+        scale=100,
+        ideal=lambda ax, sizes: ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)"),
+    )
 
 
 def throughput_plot(rows: list[dict]) -> Figure:
@@ -300,14 +240,24 @@ def throughput_plot(rows: list[dict]) -> Figure:
             ax.plot(w, y[0] * w, "--", color=colour, alpha=0.5, label="ideal (W × one worker)")
 
     return world_size_plot(
-        rows, "throughput_mean_img_s", lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
-        "training images / s", "Throughput (± std across seeds)", per_batch=ideal)
+        rows,
+        "throughput_mean_img_s",
+        lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
+        "training images / s",
+        "Throughput (± std across seeds)",
+        per_batch=ideal,
+    )
 
 
 def accuracy_plot(rows: list[dict]) -> Figure:
     return world_size_plot(
-        rows, "test_acc_mean", lambda g: np.nan_to_num(series(g, "test_acc_std")),
-        "final test accuracy (%)", "Test accuracy after the last epoch (± std)", from_zero=False)
+        rows,
+        "test_acc_mean",
+        lambda g: np.nan_to_num(series(g, "test_acc_std")),
+        "final test accuracy (%)",
+        "Test accuracy after the last epoch (± std)",
+        from_zero=False,
+    )
 
 
 def breakdown_plot(rows: list[dict]) -> Figure:
@@ -317,12 +267,17 @@ def breakdown_plot(rows: list[dict]) -> Figure:
     labels = [f"W = {r['world_size']}" + (f", batch {r['batch_size']}" if many else "") for r in ordered]
     train = series(ordered, "train_time_mean_s")
     comm = np.nan_to_num(series(ordered, "comm_share"))  # untimed (CUDA): inside compute
-    parts = [series(ordered, "data_share") * train, series(ordered, "compute_share") * train, comm * train,
-             series(ordered, "other_share") * train, series(ordered, "eval_time_mean_s")]
+    parts = [
+        series(ordered, "data_share") * train,
+        series(ordered, "compute_share") * train,
+        comm * train,
+        series(ordered, "other_share") * train,
+        series(ordered, "eval_time_mean_s"),
+    ]
     fig = Figure(figsize=(WIDE[0], 1.5 + 0.42 * len(ordered)), layout="constrained")
     ax = fig.add_subplot()
     left = np.zeros(len(ordered))
-    for (label, colour), values in zip(PARTS, parts):
+    for (label, colour), values in zip(PARTS, parts, strict=True):
         values = np.nan_to_num(values)
         ax.barh(labels, values, left=left, color=colour, label=label, height=0.6)
         left += values
@@ -333,36 +288,27 @@ def breakdown_plot(rows: list[dict]) -> Figure:
     return fig
 
 
-def mean_curves(runs: dict) -> dict[tuple[int, int], dict[str, np.ndarray]]:
-    """Per (batch size, world size): test accuracy and loss per epoch, averaged over seeds."""
-    grouped = defaultdict(list)
-    for (ws, bs, _seed), run in sorted(runs.items()):
-        grouped[(bs, ws)].append(run["epochs"])
-    curves = {}
-    for key, epoch_lists in grouped.items():
-        n = min(len(e) for e in epoch_lists)  # same config gives the same epochs; guard anyway
-        curves[key] = {
-            "epoch": np.arange(1, n + 1),
-            "test_acc": np.mean([[e[i]["test_acc"] for i in range(n)] for e in epoch_lists], axis=0),
-            "test_loss": np.mean([[e[i]["test_loss"] for i in range(n)] for e in epoch_lists], axis=0),
-        }
-    return curves
-
-
-def learning_curves_plot(runs: dict) -> Figure:
+def learning_curves_plot(curves: list[dict]) -> Figure:
+    """summary.json's mean test accuracy and loss per epoch, one line per (world size, batch size)."""
     fig = Figure(figsize=WIDE, layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
-    curves = mean_curves(runs)
-    batches = sorted({bs for bs, _ in curves})
-    sizes = sorted({ws for _, ws in curves})
-    for (bs, ws), c in sorted(curves.items()):
-        style = dict(color=PALETTE[sizes.index(ws) % len(PALETTE)], marker="o", markersize=3,
-                     ls=["-", "--", ":", "-."][batches.index(bs) % 4],
-                     label=f"W = {ws}" + (f", batch {bs}" if len(batches) > 1 else ""))
+    batches = sorted({c["batch_size"] for c in curves})
+    sizes = sorted({c["world_size"] for c in curves})
+    for c in sorted(curves, key=lambda c: (c["batch_size"], c["world_size"])):
+        bs, ws = c["batch_size"], c["world_size"]
+        style = dict(
+            color=PALETTE[sizes.index(ws) % len(PALETTE)],
+            marker="o",
+            markersize=3,
+            ls=["-", "--", ":", "-."][batches.index(bs) % 4],
+            label=f"W = {ws}" + (f", batch {bs}" if len(batches) > 1 else ""),
+        )
         acc_ax.plot(c["epoch"], c["test_acc"], **style)
         loss_ax.plot(c["epoch"], c["test_loss"], **style)
-    for ax, title, ylabel in ((acc_ax, "Test accuracy per epoch", "test accuracy (%)"),
-                              (loss_ax, "Test loss per epoch", "test loss (cross-entropy)")):
+    for ax, title, ylabel in (
+        (acc_ax, "Test accuracy per epoch", "test accuracy (%)"),
+        (loss_ax, "Test loss per epoch", "test loss (cross-entropy)"),
+    ):
         ax.set_title(title + " (mean across seeds)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -382,33 +328,54 @@ def svg_text(fig: Figure) -> str:
 def inline_svg(svg: str, name: str) -> Markup:
     """SVG markup for inside HTML: no XML prolog, and ids prefixed so two figures' clip paths
     cannot collide. Safe to mark: matplotlib wrote it and escapes every text it draws."""
-    body = svg[svg.index("<svg"):]
+    body = svg[svg.index("<svg") :]
     body = re.sub(r'\bid="', f'id="{name}-', body)
     body = body.replace("url(#", f"url(#{name}-").replace('href="#', f'href="#{name}-')
     return Markup(body)
 
 
-def make_plots(summary: dict, runs: dict) -> list[dict]:
+def make_plots(summary: dict) -> list[dict]:
     """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
     rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
     fits = ", ".join(f"f = {f:.3f} at batch {bs}" for bs, f in amdahl.items() if f is not None)
     specs = [
-        ("speedup", False, "Speedup of the training time against one worker, ideal line and Amdahl fit "
-                           f"(fitted serial fraction {fits or 'not available: one world size'}).",
-         lambda: speedup_plot(rows, amdahl)),
-        ("efficiency", False, "Parallel efficiency: speedup divided by the number of workers.",
-         lambda: efficiency_plot(rows)),
+        (
+            "speedup",
+            False,
+            "Speedup of the training time against one worker, ideal line and Amdahl fit "
+            f"(fitted serial fraction {fits or 'not available: one world size'}).",
+            lambda: speedup_plot(rows, amdahl),
+        ),
+        (
+            "efficiency",
+            False,
+            "Parallel efficiency: speedup divided by the number of workers.",
+            lambda: efficiency_plot(rows),
+        ),
         ("throughput", False, "Training images per second over all workers.", lambda: throughput_plot(rows)),
-        ("accuracy", False, "Final test accuracy: larger world sizes train with a larger global batch.",
-         lambda: accuracy_plot(rows)),
-        ("time_breakdown", True, "Mean time per run split into data loading, compute, exposed communication, "
-                                 "other training time, and evaluation.", lambda: breakdown_plot(rows)),
-        ("learning_curves", True, "Test accuracy and loss after each epoch, one line per world size.",
-         lambda: learning_curves_plot(runs)),
+        (
+            "accuracy",
+            False,
+            "Final test accuracy: larger world sizes train with a larger global batch.",
+            lambda: accuracy_plot(rows),
+        ),
+        (
+            "time_breakdown",
+            True,
+            "Mean time per run split into data loading, compute, exposed communication, "
+            "other training time, and evaluation.",
+            lambda: breakdown_plot(rows),
+        ),
+        (
+            "learning_curves",
+            True,
+            "Test accuracy and loss after each epoch, one line per world size.",
+            lambda: learning_curves_plot(summary["learning_curves"]),
+        ),
     ]
     plots = []
     for name, wide, caption, build in specs:
-        if name == "learning_curves" and not runs:
+        if name == "learning_curves" and not summary["learning_curves"]:
             continue
         with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
             svg = svg_text(build())
@@ -430,6 +397,11 @@ def when(stamp: str | None) -> str:
     return "–" if not stamp else stamp.replace("T", " ").replace("+00:00", " UTC")
 
 
+def listing(values: list, spec: str = "") -> str:
+    """summary.json's lists of distinct values (a field where runs differed has several) as text."""
+    return ", ".join(format(v, spec) for v in values) if values else "–"
+
+
 def raw(value) -> str:
     """Exact machine-readable value for data-value attributes; repr round-trips a float."""
     return "" if value is None else repr(value)
@@ -446,44 +418,54 @@ def environment() -> jinja2.Environment:
     env.filters["fmt"] = fmt
     env.filters["raw"] = raw
     env.filters["when"] = when
+    env.filters["listing"] = listing
     return env
 
 
-def render(summary: dict, runs: dict, config: dict | None = None, logs_dir: Path | None = None,
-           out: Path = Path("report.html"), plots: list[dict] | None = None) -> str:
-    plots = make_plots(summary, runs) if plots is None else plots
-    shown_config = config if config is not None else shared_run_config(runs)
-    first, last = run_period(runs)
-    return environment().get_template(TEMPLATE).render(
-        summary=summary,
-        tables=by_batch(summary["rows"]),
-        headlines=headlines(summary["rows"]),
-        machine=machine(runs),
-        first_started=first,
-        last_finished=last,
-        config_source="workflow config" if config is not None else "options shared by every run (no --config given)",
-        config_text=yaml.safe_dump(shown_config, sort_keys=False, default_flow_style=False, allow_unicode=True),
-        runs=run_rows(summary, runs, logs_dir, out),
-        missing=missing_rows(summary, logs_dir, out),
-        facts=method_facts(summary, runs),
-        plots=[{**p, "markup": inline_svg(p["svg"], p["name"])} for p in plots],
+def render(
+    summary: dict,
+    config: dict | None = None,
+    logs_dir: Path | None = None,
+    out: Path = Path("report.html"),
+    plots: list[dict] | None = None,
+) -> str:
+    """The page for summary.json's content; ``config`` (the workflow's) is shown when given."""
+    plots = make_plots(summary) if plots is None else plots
+    shown_config = config if config is not None else summary["shared_run_config"]
+    return (
+        environment()
+        .get_template(TEMPLATE)
+        .render(
+            summary=summary,
+            tables=by_batch(summary["rows"]),
+            config_source="workflow config"
+            if config is not None
+            else "options shared by every run (no --config given)",
+            config_text=yaml.safe_dump(shown_config, sort_keys=False, default_flow_style=False, allow_unicode=True),
+            runs=run_rows(summary, logs_dir, out),
+            missing=missing_rows(summary, logs_dir, out),
+            facts=summary["method"],
+            plots=[{**p, "markup": inline_svg(p["svg"], p["name"])} for p in plots],
+        )
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddpbench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--summary", type=Path, required=True, help="summary.json from python -m ddpbench.aggregate")
-    p.add_argument("--runs", type=Path, nargs="*", default=[], help="run JSONs (learning curves, machine, hosts)")
     p.add_argument("--config", type=Path, help="the workflow's resolved config (YAML or JSON) to show")
     p.add_argument("--logs-dir", type=Path, help="folder of ws<W>_bs<B>_seed<S>.log files to link to")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--plots-dir", type=Path, help="also write each plot as <name>.svg here")
     args = p.parse_args(argv)
-    summary = json.loads(args.summary.read_text())
-    runs = load_runs(args.runs)
-    plots = make_plots(summary, runs)
-    html = render(summary, runs, load_config(args.config), args.logs_dir, args.out, plots)
-    atomic_write_text(args.out, html)
+    try:
+        summary = load_summary(args.summary)
+        config = load_config(args.config)
+    except (ReportError, OSError, ValueError, yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    plots = make_plots(summary)
+    atomic_write_text(args.out, render(summary, config, args.logs_dir, args.out, plots))
     if args.plots_dir is not None:
         for plot in plots:
             atomic_write_text(args.plots_dir / f"{plot['name']}.svg", plot["svg"])

@@ -1,7 +1,9 @@
 rule aggregate:
+    # Every run is checked against its file name and against the workflow config (results/config.json).
     input:
         runs=run_files(),
         schema="workflow/schemas/run.schema.json",
+        config="results/config.json",
     output:
         csv=report(
             "results/summary.csv",
@@ -20,8 +22,10 @@ rule aggregate:
     params:
         expected=run_names(),
     shell:
-        "python -m ddpbench.aggregate --runs {input.runs} --schema {input.schema}"
+        # The log's end on the console too: a refused run names its file and the fix.
+        "python -m ddpbench.aggregate --runs {input.runs} --schema {input.schema} --config {input.config}"
         " --expect {params.expected} --csv {output.csv} --json {output.json} > {log} 2>&1"
+        " || {{ tail -n 20 {log} >&2; exit 1; }}"
 
 
 rule workflow_config:
@@ -42,7 +46,6 @@ rule html_report:
     input:
         summary="results/summary.json",
         config="results/config.json",
-        runs=run_files(),
     output:
         html=report(
             "results/report.html",
@@ -60,13 +63,17 @@ rule html_report:
     conda:
         ENV
     shell:
-        "python -m ddpbench.report --summary {input.summary} --config {input.config} --runs {input.runs}"
+        "python -m ddpbench.report --summary {input.summary} --config {input.config}"
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots} > {log} 2>&1"
+        " || {{ tail -n 20 {log} >&2; exit 1; }}"
 
 
 rule partial_report:
     # For a grid with failed or missing runs (after --keep-going): summary and report of the
-    # runs that exist, listing the others. As a parameter, a new run re-renders it.
+    # runs that exist, listing the others. As a parameter, a new run re-renders it. With no run
+    # yet, aggregation says so ("no finished run of this grid yet").
+    input:
+        config="results/config.json",
     output:
         csv="results/partial/summary.csv",
         json="results/partial/summary.json",
@@ -82,9 +89,10 @@ rule partial_report:
         schema=workflow.source_path("../schemas/run.schema.json"),
     shell:
         "(python -m ddpbench.aggregate --runs {params.runs} --schema {params.schema}"
-        " --expect {params.expected} --csv {output.csv} --json {output.json}"
-        " && python -m ddpbench.report --summary {output.json} --runs {params.runs}"
+        " --config {input.config} --expect {params.expected} --csv {output.csv} --json {output.json}"
+        " && python -m ddpbench.report --summary {output.json} --config {input.config}"
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots}) > {log} 2>&1"
+        " || {{ tail -n 20 {log} >&2; exit 1; }}"
 
 
 # Seconds of work each: not worth a cluster job.
