@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ddpbench.train import gloo_on_loopback_within_one_node
+from ddpbench.distributed import gloo_on_loopback_within_one_node
 
 
 def main() -> None:

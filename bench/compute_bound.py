@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model
-from ddpbench.train import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
+from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 
 
 def main() -> None:

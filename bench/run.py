@@ -14,8 +14,8 @@ machine's speed hit every figure alike:
   3. at world size 1, the per-sample DataLoader (--loader dataloader) alone, and the study's
      whole classic pipeline: that loader with the study's contiguous (NCHW) memory format;
   4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size, through
-     gloo and (CPU) through the engine's shared-memory exchange; and, at the largest world
-     size, the engine with gloo's all-reduce instead (train.allreduce: backend);
+     gloo and (CPU) through ddpbench's shared-memory exchange; and, at the largest world size,
+     the engine with that exchange instead of DDP's own all-reduce (train.allreduce: shared_memory);
   5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
 on the machine (one after the other), never two at a time.
@@ -90,7 +90,8 @@ def synchronised_compute_bounds(copies: int, threads: int, args) -> float:
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
-def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto", allreduce: str = "auto") -> dict:
+def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto",
+           allreduce: str = "backend") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
@@ -203,9 +204,9 @@ def main() -> int:
             plan.append((f"compute_bound_{threads_max}t_x{w_max}_synchronised",
                          lambda: synchronised_compute_bounds(w_max, threads_max, args)))
         plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
-        if args.device == "cpu":  # the engine's default sums gradients in shared memory: against gloo's all-reduce
-            plan.append((f"engine_ws{w_max}_backend_allreduce",
-                         lambda: engine(w_max, threads_max, "resident", args, allreduce="backend")))
+        if args.device == "cpu":  # DDP's own all-reduce (the default) against ddpbench's shared-memory exchange
+            plan.append((f"engine_ws{w_max}_shared_memory",
+                         lambda: engine(w_max, threads_max, "resident", args, allreduce="shared_memory")))
         for w in sorted({2, w_max}):
             plan.append((f"allreduce_ws{w}", lambda w=w: allreduce(w, args)))
             if args.device == "cpu":
@@ -244,10 +245,10 @@ def main() -> int:
             targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_at_once"] = (
                 med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"]
                 / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
-            targets[f"ws{w_max}_backend_allreduce_vs_{w_max}x_compute_bound_{threads_max}t"] = (
-                med[f"engine_ws{w_max}_backend_allreduce"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+            targets[f"ws{w_max}_shared_memory_vs_{w_max}x_compute_bound_{threads_max}t"] = (
+                med[f"engine_ws{w_max}_shared_memory"] / (w_max * med[f"compute_bound_{threads_max}t"]))
             targets[f"ws{w_max}_shared_memory_vs_backend_allreduce"] = (
-                med[f"engine_ws{w_max}"] / med[f"engine_ws{w_max}_backend_allreduce"])
+                med[f"engine_ws{w_max}_shared_memory"] / med[f"engine_ws{w_max}"])
         targets[f"rss_increase_ws1_to_ws{w_max}_over_dataset"] = (
             (figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
              - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]) / dataset_bytes)

@@ -25,11 +25,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ddpbench import data as data_mod
+from ddpbench.batches import BatchPipeline, Shard
+from ddpbench.cache import load_split, read_meta
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model, count_parameters
-from ddpbench.train import core_block, gloo_on_loopback_within_one_node, no_forward_buffer_sync, retain_freed_memory
+from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
+from ddpbench.train import no_forward_buffer_sync
 
 VARIANTS = ("independent", "synchronised", "backend", "shared_memory")
 
@@ -49,9 +51,9 @@ def main() -> None:
     gloo_on_loopback_within_one_node()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    images, labels = data_mod.load_split(args.data, "train", data_mod.read_meta(args.data))
-    pipeline = data_mod.BatchPipeline(images, labels, torch.device("cpu"), channels_last=True)
-    order = data_mod.Shard(len(labels), dist.get_world_size(), rank, 0).indices(0)
+    images, labels = load_split(args.data, "train", read_meta(args.data))
+    pipeline = BatchPipeline(images, labels, torch.device("cpu"), channels_last=True)
+    order = Shard(len(labels), dist.get_world_size(), rank, 0).indices(0)
 
     def build(variant):
         torch.manual_seed(0)

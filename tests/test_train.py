@@ -26,7 +26,7 @@ def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
     assert [m[0] for m in EPOCH_LINE.findall(result.stdout)] == ["1", "2", "3"]  # rank 0 only: once per epoch
     cfg, totals = run_json["config"], run_json["totals"]
     assert cfg["world_size"] == 2 and cfg["backend"] == "gloo" and cfg["threads_per_worker"] == 1
-    assert cfg["allreduce"] == "shared_memory"  # auto, CPU ranks on one node
+    assert cfg["allreduce"] == "backend"  # the default: DDP's own all-reduce through gloo
     assert cfg["global_batch_size"] == 256 and run_json["model"]["parameters"] == 1_147_914
     assert totals["final_test_acc"] > 30.0  # ten classes: chance is 10 %
     assert all(e["images"] == 2048 and e["steps"] == 8 for e in run_json["epochs"])
@@ -55,6 +55,26 @@ def test_shared_memory_allreduce_matches_gloo_bit_for_bit(synthetic_cache, tmp_p
     assert set(Path("/dev/shm").glob("ddpbench-grads-*")) == before
 
 
+def test_ddp_settings_shape_the_buckets_and_the_bytes_sent(synthetic_cache, tmp_path):
+    """bucket_cap_mb changes the buckets DDP builds; the fp16 hook halves the bytes each step sends."""
+    ddp = {}
+    for name, options in {"default": [], "small_buckets": ["--bucket-cap-mb", "1"],
+                          "fp16": ["--comm-hook", "fp16", "--static-graph", "true"]}.items():
+        out = tmp_path / f"{name}.json"
+        result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "1",
+                                  "--max-train-samples", "1024", "--quiet", *options))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run_json = json.loads(out.read_text())
+        ddp[name] = run_json["ddp"]
+        assert run_json["config"]["allreduce"] == "backend"
+    gradient_bytes = 1_147_914 * 4
+    assert sum(ddp["default"]["bucket_bytes"]) == gradient_bytes == sum(ddp["small_buckets"]["bucket_bytes"])
+    assert ddp["small_buckets"]["buckets"] > ddp["default"]["buckets"]
+    assert ddp["default"]["allreduce_payload_bytes_per_step"] == gradient_bytes
+    assert ddp["fp16"]["allreduce_payload_bytes_per_step"] == gradient_bytes // 2
+    assert ddp["fp16"]["ring_bytes_sent_per_rank_per_step"] == gradient_bytes // 2  # 2 (W - 1) / W = 1 at W = 2
+
+
 def test_shared_memory_without_room_is_a_clear_error(tmp_path):
     from ddpbench.comm import SharedMemoryError, _create_segment
 
@@ -64,33 +84,30 @@ def test_shared_memory_without_room_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "device, local_world_size, requested, expected",
+    "device, one_node, requested, expected",
     [
-        ("cpu", 2, "auto", "shared_memory"),
-        ("cpu", 1, "auto", "backend"),  # two nodes: gloo between them
-        ("cuda", 2, "auto", "backend"),  # nccl
-        ("cpu", 2, "backend", "backend"),
-        ("cpu", 1, "shared_memory", "spans 2 nodes; use allreduce: auto or backend"),
-        ("cuda", 2, "shared_memory", "sums CPU gradients; on cuda use allreduce: auto or backend"),
+        ("cpu", True, "auto", "shared_memory"),
+        ("cpu", False, "auto", "backend"),  # two nodes: gloo between them
+        ("cuda", True, "auto", "backend"),  # nccl
+        ("cpu", True, "backend", "backend"),
+        ("cpu", False, "shared_memory", "spans several; use allreduce: backend"),
+        ("cuda", True, "shared_memory", "sums CPU gradients; on cuda use allreduce: backend"),
     ],
 )
-def test_gradient_allreduce_choice(device, local_world_size, requested, expected):
-    import torch
-    from ddpbench.train import Dist, TrainConfig, gradient_allreduce
+def test_gradient_allreduce_choice(device, one_node, requested, expected):
+    from ddpbench.train import gradient_allreduce
 
-    d = Dist(rank=0, world_size=2, local_rank=0, local_world_size=local_world_size, device=torch.device(device),
-             backend="gloo", threads=1, cpu_affinity=None, cores_available=2)
-    cfg = TrainConfig(data="", allreduce=requested)
     if expected in ("shared_memory", "backend"):
-        assert gradient_allreduce(cfg, d) == expected
+        assert gradient_allreduce(requested, device, 2, one_node) == expected
+        assert gradient_allreduce(requested, device, 1, True) == "none"
     else:
         with pytest.raises(ValueError, match=expected):
-            gradient_allreduce(cfg, d)
+            gradient_allreduce(requested, device, 2, one_node)
 
 
 FAULTS_PER_REALLOCATION = """
 import resource, sys, torch
-from ddpbench.train import retain_freed_memory
+from ddpbench.distributed import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 def faults():
@@ -106,8 +123,8 @@ print((faults() - before) / 20)
 
 @pytest.mark.parametrize("heap", ["system", "retain"])
 def test_retained_heap_reuses_freed_memory_without_page_faults(heap):
-    """What makes CPU steps 10-25 % faster: a freed 64 MiB block comes back without the kernel
-    faulting in (and zeroing) its 16,384 pages again. (glibc adapts its threshold up to 32 MiB
+    """Why CPU steps are faster with a retained heap: a freed 64 MiB block comes back without the
+    kernel faulting in (and zeroing) its 16,384 pages again. (glibc adapts its threshold up to 32 MiB
     on its own, so smaller blocks are spared only some of the time.)"""
     result = run([sys.executable, "-c", FAULTS_PER_REALLOCATION, heap])
     assert result.returncode == 0, result.stderr

@@ -23,12 +23,9 @@ import yaml
 
 from conftest import REPO, RUN_SCHEMA, bin_path, child_env, run
 
-COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "report", "envs", "src"]
-GRID = {
-    "data": {"source": "synthetic", "synthetic": {"train_size": 1024, "test_size": 256}},
-    "grid": {"world_sizes": [1, 2], "seeds": [0, 1]},
-    "train": {"epochs": 1},
-}
+COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "report", "envs", "src", ".test"]
+TEST_CONFIG = ".test/config.yaml"  # the grid users run first: synthetic data, world sizes 1 and 2, one epoch
+GRID = yaml.safe_load((REPO / TEST_CONFIG).read_text())
 RUNS = [f"ws{w}_bs128_seed{s}" for w in (1, 2) for s in (0, 1)]
 
 
@@ -64,7 +61,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def grid_config(workdir) -> str:
-    return write_config(workdir, "test-grid.yaml", GRID)
+    return TEST_CONFIG
 
 
 @pytest.mark.parametrize(
@@ -75,6 +72,10 @@ def grid_config(workdir) -> str:
         ({"train": {"augment": "mixup"}}, ["mixup", "flip_crop", "augment"]),
         ({"grid": {"world_sizes": [1, 512]}}, ["[512]", "allow_oversubscribe"]),
         ({"grid": {"world_sizes": [2]}}, ["must include 1"]),
+        ({"grid": {"world_sizes": [1, 2, 2]}}, ["grid.world_sizes", "non-unique", "Allowed: Ranks per run"]),
+        ({"grid": {"world_sizes": [0, 1]}}, ["grid.world_sizes", "0 is less than the minimum of 1"]),
+        ({"data": {"url": "javascript:alert(1)"}}, ["data.url", "https://, http:// or file:// URL"]),
+        ({"train": {"threads_per_worker": "many"}}, ["train.threads_per_worker", "Allowed: CPU threads per rank"]),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, override, expected):
@@ -86,6 +87,16 @@ def test_bad_config_fails_before_any_job(tmp_path, override, expected):
     for text in expected:
         assert text in output, output[-2000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+@pytest.mark.parametrize("archive", ["*x.tar.gz", "it's.tar.gz"])
+def test_odd_command_line_values_are_strings_not_yaml(tmp_path, archive):
+    """--config values are YAML to Snakemake: one that is not valid YAML stays the string it is."""
+    copy_repo(tmp_path)
+    result = snakemake(tmp_path, "--config", f"data={{archive: {json.dumps(archive)}}}", "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert f"config data.archive: no file at {archive!r}" in output, output[-2000:]
 
 
 def test_multinode_world_sizes_go_through_srun_and_c10d(workdir):
@@ -223,11 +234,9 @@ def test_partial_report_lists_what_is_missing(workdir):
     assert "ws1_bs128_seed9" in html and "ws2_bs128_seed9" in html
 
 
-def test_lint_format_and_snakemake_report(workdir, grid_config):
+def test_lint_and_snakemake_report(workdir, grid_config):
     lint = snakemake(workdir, "--configfile", grid_config, "--lint")
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout[-3000:]
-    fmt = run([bin_path("snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=workdir)
-    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
     report = snakemake(workdir, "--configfile", grid_config, "--report", "results/snakemake-report.zip")
     assert report.returncode == 0, report.stderr[-3000:]
     with zipfile.ZipFile(workdir / "results/snakemake-report.zip") as archive:

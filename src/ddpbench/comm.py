@@ -1,9 +1,11 @@
 """How DDP's gradient buckets are summed across ranks, and how long that takes.
 
 Three DDP communication hooks:
-- ``skip_allreduce``: world size 1, where the all-reduce is the identity;
-- ``CommTimer``: DDP's own all-reduce through the process group (gloo or nccl), timed; what
-  ``train.allreduce: backend``, the default, runs, as DDP's users run it;
+- ``SkipAllReduce``: world size 1, where the all-reduce is the identity;
+- ``CommTimer``: DDP's own hooks through the process group (gloo or nccl), timed: its plain
+  all-reduce, what ``train.allreduce: backend``, the default, runs, as DDP's users run it, or
+  one of its compression hooks (``train.comm_hook``); it also records the buckets DDP built and
+  the bytes each step hands to the all-reduce;
 - ``SharedMemoryAllReduce`` (``train.allreduce: shared_memory``): CPU ranks of one node sum their
   gradients in a shared-memory segment instead of over loopback TCP, on the cores that also train.
 bench/run.py and bench/step_transports.py compare the two exchanges; bench/README.md has the numbers.
@@ -11,22 +13,89 @@ bench/run.py and bench/step_transports.py compare the two exchanges; bench/READM
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 
-def skip_allreduce(state, bucket):
+def ddp_hook(name: str, powersgd_rank: int = 1, powersgd_start_iter: int = 10) -> tuple[Callable, object]:
+    """DDP's own communication hook called ``name`` (train.comm_hook), with the state it takes."""
+    if name == "none":
+        return allreduce_hook, None
+    if name in ("fp16", "bf16"):
+        return getattr(default_hooks, f"{name}_compress_hook"), None
+    if name == "powersgd":
+        state = powerSGD_hook.PowerSGDState(
+            process_group=None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=powersgd_start_iter
+        )
+        return powerSGD_hook.powerSGD_hook, state
+    raise ValueError(f"unknown comm_hook {name!r}: choose none, fp16, bf16 or powersgd")
+
+
+class BucketLayout:
+    """The gradient buckets DDP really built (their bytes, by index; the latest step's layout, as
+    DDP rebuilds them after the first step) and the bytes each step handed to the all-reduce."""
+
+    def __init__(self):
+        self.bucket_bytes: dict[int, int] = {}
+        self.payload_bytes_per_step: int | None = None
+        self._payload = 0
+
+    def add(self, bucket, payload_bytes: int) -> None:
+        buffer = bucket.buffer()
+        self.bucket_bytes[bucket.index()] = buffer.numel() * buffer.element_size()
+        self._payload += payload_bytes
+        if bucket.is_last():
+            self.payload_bytes_per_step, self._payload = self._payload, 0
+
+    def record(self) -> dict:
+        return {
+            "buckets": len(self.bucket_bytes),
+            "bucket_bytes": [self.bucket_bytes[i] for i in sorted(self.bucket_bytes)],
+            "allreduce_payload_bytes_per_step": self.payload_bytes_per_step,
+        }
+
+
+@contextlib.contextmanager
+def counting_allreduce_bytes(counter: list[int]):
+    """Count the bytes of every tensor handed to ``dist.all_reduce`` inside the block: what a
+    hook really sends, whatever it compresses (DDP's hooks call it through the module)."""
+    original = dist.all_reduce
+
+    def counted(tensor, *args, **kwargs):
+        counter[0] += tensor.numel() * tensor.element_size()
+        return original(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        yield
+    finally:
+        dist.all_reduce = original
+
+
+class SkipAllReduce:
     """World size 1: the gradient all-reduce is the identity, so hand the bucket back as it is.
     (Through gloo a one-rank all-reduce still runs for every bucket: CPU time spent summing nothing.)"""
-    future = torch.futures.Future()
-    future.set_result(bucket.buffer())
-    return future
+
+    def __init__(self):
+        self.layout = BucketLayout()
+
+    def hook(self, state, bucket):
+        self.layout.add(bucket, 0)
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    def take(self) -> tuple[float, float]:
+        return 0.0, 0.0
 
 
 class CommTimer:
@@ -39,19 +108,27 @@ class CommTimer:
     - ``exposed``: time from the launch of the step's last bucket to the completion of all of
       them, i.e. communication the backward pass did not hide (the last bucket is launched
       when the backward pass has produced the first layers' gradients).
-    On CUDA (NCCL) a future completes before the kernels finish, so no timer is installed.
+    On CUDA (NCCL) a future completes before the kernels finish: ``timed=False`` records the
+    layout and bytes only, and ``take`` gives None.
     """
 
-    def __init__(self):
+    def __init__(self, inner: Callable = allreduce_hook, inner_state: object = None, timed: bool = True):
+        self._inner, self._inner_state, self.timed = inner, inner_state, timed
         self._lock = threading.Lock()
         self._intervals: list[tuple[int, float, float]] = []
         self._step = 0  # DDP hands buckets over in order: the last one ends a step
+        self.layout = BucketLayout()
 
-    def hook(self, process_group, bucket):
+    def hook(self, state, bucket):
         step, launched = self._step, time.perf_counter()
         if bucket.is_last():
             self._step += 1
-        future = allreduce_hook(process_group, bucket)
+        sent = [0]
+        with counting_allreduce_bytes(sent):
+            future = self._inner(self._inner_state, bucket)
+        self.layout.add(bucket, sent[0])
+        if not self.timed:
+            return future
 
         def record(fut):
             with self._lock:
@@ -60,8 +137,10 @@ class CommTimer:
 
         return future.then(record)
 
-    def take(self) -> tuple[float, float]:
+    def take(self) -> tuple[float | None, float | None]:
         """Return (busy, exposed) seconds summed over the steps recorded since the last call."""
+        if not self.timed:
+            return None, None
         with self._lock:
             intervals, self._intervals = self._intervals, []
         by_step: dict[int, list[tuple[float, float]]] = {}
@@ -130,8 +209,10 @@ class SharedMemoryAllReduce:
         self.calls = 0
         self._pending: list[tuple[torch.Tensor, torch.futures.Future]] = []
         self._seconds = 0.0
+        self.layout = BucketLayout()
 
     def hook(self, state, bucket):
+        self.layout.add(bucket, bucket.buffer().numel() * bucket.buffer().element_size())
         future = torch.futures.Future()
         self._pending.append((bucket.buffer(), future))
         if bucket.is_last():

@@ -1,7 +1,16 @@
 import os
+import sys
 
+import jsonschema
 import yaml
+from jsonschema.exceptions import best_match
 from snakemake.utils import validate
+
+# The rules call this checkout's package (run options, atomic writes); it never calls them.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from ddpbench.options import command_line
+
+CONFIG_SCHEMA = "../schemas/config.schema.yaml"
 
 
 def coerce_cli_strings(value, schema):
@@ -11,40 +20,59 @@ def coerce_cli_strings(value, schema):
     alternatives = [schema, *schema.get("oneOf", [])]
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        return {
-            k: coerce_cli_strings(v, properties.get(k, {})) for k, v in value.items()
-        }
+        return {k: coerce_cli_strings(v, properties.get(k, {})) for k, v in value.items()}
     if isinstance(value, list):
         items = next((s["items"] for s in alternatives if "items" in s), {})
         return [coerce_cli_strings(v, items) for v in value]
-    if isinstance(value, str):
-        types = set()
-        for s in alternatives:
-            t = s.get("type", [])
-            types.update([t] if isinstance(t, str) else t)
-        parsed = (
-            yaml.safe_load(value)
-            if types & {"integer", "number", "boolean", "null"}
-            else value
-        )
-        if (
-            (parsed is None and "null" in types)
-            or (isinstance(parsed, bool) and "boolean" in types)
-            or (
-                isinstance(parsed, int)
-                and not isinstance(parsed, bool)
-                and types & {"integer", "number"}
-            )
-            or (isinstance(parsed, float) and "number" in types)
-        ):
-            return parsed
+    if not isinstance(value, str):
+        return value
+    types = set()
+    for s in alternatives:
+        t = s.get("type", [])
+        types.update([t] if isinstance(t, str) else t)
+    if not types & {"integer", "number", "boolean", "null"}:
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:  # a path such as "*x" or "it's": a string, as written
+        return value
+    if (
+        (parsed is None and "null" in types)
+        or (isinstance(parsed, bool) and "boolean" in types)
+        or (isinstance(parsed, int) and not isinstance(parsed, bool) and types & {"integer", "number"})
+        or (isinstance(parsed, float) and "number" in types)
+    ):
+        return parsed
     return value
 
 
-CONFIG_SCHEMA = "../schemas/config.schema.yaml"
+def schema_node(schema, path):
+    """The part of the schema that describes the value at ``path`` (keys and list indices)."""
+    node = schema
+    for key in path:
+        if isinstance(key, int):
+            node = next((s["items"] for s in [node, *node.get("oneOf", [])] if "items" in s), {})
+        else:
+            node = node.get("properties", {}).get(key, {})
+    return node
+
+
+def check_config(config, schema):
+    """Fail before any job with the key, what is wrong, and what the key allows."""
+    error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    key = ".".join(str(k) for k in path if not isinstance(k, int)) or "(top level)"
+    allowed = schema_node(schema, [k for k in path if not isinstance(k, int)]).get("description")
+    raise ValueError(f"config {key}: {error.message}." + (f" Allowed: {allowed}" if allowed else ""))
+
+
 with open(workflow.source_path(CONFIG_SCHEMA)) as schema_file:
-    config.update(coerce_cli_strings(config, yaml.safe_load(schema_file)))
-validate(config, schema=CONFIG_SCHEMA)
+    _schema = yaml.safe_load(schema_file)
+config.update(coerce_cli_strings(config, _schema))
+check_config(config, _schema)
+validate(config, schema=CONFIG_SCHEMA)  # fills in the defaults
 
 # Every job runs this checkout's package (also in a --sdm conda environment, which lacks it).
 shell.prefix(
@@ -59,51 +87,60 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def cores_available():
-    return len(os.sched_getaffinity(0))
+# ---------------------------------------------------------------- the grid
+# What sizes and checks the grid depends only on the configuration, except world_sizes: auto
+# and the check against this machine's size, which only the Snakemake that builds the DAG for
+# local jobs applies. A job re-reads this file on its node (a cluster job sees only its own
+# CPUs), and on a cluster this machine's size is not the limit.
 
 
-def gpus_available():
-    import torch  # imported only when a CUDA grid is asked for
-
-    return torch.cuda.device_count()
+def checks_this_machine():
+    return workflow.is_main_process and workflow.local_exec
 
 
 def train_device():
-    device = config["train"]["device"]
-    if device == "auto":
-        return "cuda" if gpus_available() else "cpu"
-    return device
+    """The device the rules plan for; auto plans for none (no GPU is requested) and the job decides."""
+    return config["train"]["device"]
 
 
 def capacity():
     """Ranks this machine can run at once: its cores (cpu) or GPUs (cuda)."""
-    return gpus_available() if train_device() == "cuda" else cores_available()
+    if train_device() == "cuda":
+        import torch  # only for a CUDA grid sized by this machine
+
+        return torch.cuda.device_count()
+    return len(os.sched_getaffinity(0))
 
 
 def world_sizes():
     grid = config["grid"]
-    limit, unit = capacity(), "GPUs" if train_device() == "cuda" else "cores"
     if grid["world_sizes"] == "auto":
-        sizes = [w for w in (2**k for k in range(16)) if w <= max(limit, 1)]
-    else:
-        sizes = sorted(grid["world_sizes"])
-        # With ranks_per_node set, nodes come from the cluster: this machine's size does not bound them.
-        too_big = [w for w in sizes if w > limit] if ranks_per_node() is None else []
-        if too_big and not grid["allow_oversubscribe"]:
+        if ranks_per_node() is not None:
             raise ValueError(
-                f"grid.world_sizes {too_big} exceed the {limit} {unit} available here; "
-                f"use world sizes up to {limit}, or set grid.allow_oversubscribe: true to run them anyway"
+                "grid.world_sizes: auto counts this machine's cores, but train.ranks_per_node spreads runs over "
+                "cluster nodes; list the world sizes, e.g. [1, 2, 4, 8]"
             )
+        return [w for w in (2**k for k in range(16)) if w <= max(capacity(), 1)]
+    sizes = sorted(grid["world_sizes"])
     if 1 not in sizes:
         raise ValueError(
             "grid.world_sizes must include 1: speedup and efficiency are measured against the one-worker run"
         )
     for w in sizes:
-        nodes(
-            w
-        )  # a world size that does not split evenly over nodes fails here, before any job
+        nodes(w)  # a world size that does not split evenly over nodes fails here, before any job
+    if checks_this_machine() and ranks_per_node() is None and not grid["allow_oversubscribe"]:
+        check_fits_this_machine(sizes)
     return sizes
+
+
+def check_fits_this_machine(sizes):
+    limit, unit = capacity(), "GPUs" if train_device() == "cuda" else "cores"
+    too_big = [w for w in sizes if w > limit]
+    if too_big:
+        raise ValueError(
+            f"grid.world_sizes {too_big} exceed the {limit} {unit} available here; "
+            f"use world sizes up to {limit}, or set grid.allow_oversubscribe: true to run them anyway"
+        )
 
 
 def ranks_per_node():
@@ -126,6 +163,8 @@ def nodes(world_size):
 
 def world_size_pattern(multinode):
     """A wildcard constraint matching the grid's one-node (or multi-node) world sizes exactly."""
+    if ranks_per_node() is None:
+        return r"\d+" if not multinode else "(?!)"
     sizes = [w for w in world_sizes() if (nodes(w) > 1) == multinode]
     return "|".join(map(str, sizes)) if sizes else "(?!)"
 
@@ -184,7 +223,25 @@ def cifar10_archive(wildcards):
     return config["data"]["archive"] or "resources/cifar-10-python.tar.gz"
 
 
+def check_archive():
+    archive = config["data"]["archive"]
+    if workflow.is_main_process and config["data"]["source"] == "cifar10" and archive is not None:
+        if not os.path.isfile(archive):
+            raise ValueError(
+                f"config data.archive: no file at {archive!r}. Point it at a local cifar-10-python.tar.gz, "
+                "or set it to null to download from data.url"
+            )
+
+
+check_archive()
+
+
 # ---------------------------------------------------------------- training
+
+
+def run_options():
+    """The command-line options of `python -m ddpbench.train`: the train section as it is, and the loader."""
+    return command_line({**config["train"], "loader": config["data"]["loader"]})
 
 
 def ranks_on_node(wildcards):
@@ -193,25 +250,23 @@ def ranks_on_node(wildcards):
 
 
 def train_threads(wildcards):
-    """A node's cores for the job: each of its ranks gets threads_per_worker (auto: an equal
-    share of this machine's cores)."""
-    ranks = ranks_on_node(wildcards)
+    """A node's CPUs for the job: threads_per_worker for each of its ranks. With auto, locally
+    every core Snakemake may use (the job divides them among its ranks); on a cluster, one per
+    rank unless threads_per_worker says more."""
     per_worker = config["train"]["threads_per_worker"]
     if per_worker == "auto":
-        per_worker = max(1, cores_available() // ranks)
-    return ranks * per_worker
+        return workflow.cores if workflow.local_exec else ranks_on_node(wildcards)
+    return ranks_on_node(wildcards) * per_worker
 
 
-def threads_per_worker(wildcards, threads):
-    """Threads each rank uses, from the threads Snakemake granted (it may scale them down)."""
-    per_worker = config["train"]["threads_per_worker"]
-    if per_worker == "auto":
-        return max(1, threads // ranks_on_node(wildcards))
-    return per_worker
+def omp_threads(wildcards, threads):
+    """OMP_NUM_THREADS per rank: the job's granted threads shared among its ranks (Snakemake
+    would otherwise give every rank all of them)."""
+    return max(1, threads // ranks_on_node(wildcards))
 
 
 def train_mem_mb(wildcards):
-    """Memory per node: a rank peaks near 1.1 GB (torch's CUDA build, measured), plus the shared dataset."""
+    """Memory per node: about 1.5 GB a rank (torch's CUDA build), plus the shared dataset."""
     return 1500 * ranks_on_node(wildcards) + 512
 
 
@@ -236,42 +291,26 @@ def pin_cores(wildcards, resources):
     return 1 if resources.get("bench_slot", 0) >= 1 and cap == 1 else "auto"
 
 
-def train_command(launcher):
-    """The shell command of a train rule: the environment, a launcher, the engine and its log."""
+def train_launcher(wildcards, threads):
+    """torchrun on one node (a free rendezvous port), or srun starting one torchrun per node
+    that meet at c10d on the allocation's first node (the port derived from the job id)."""
+    world_size = int(wildcards.world_size)
+    n = nodes(world_size)
+    if n == 1:
+        return f"torchrun --standalone --nproc-per-node {world_size}"
     return (
-        "DDPBENCH_LAUNCH_TIME=$(date +%s.%N) DDPBENCH_PIN={params.pin}"
-        " OMP_NUM_THREADS={params.threads_per_worker} "
-        + launcher
-        + " -m ddpbench.train --data {params.data_dir} --out {output}"
-        " --batch-size {wildcards.batch_size} --seed {wildcards.seed}"
-        " --threads-per-worker {params.threads_per_worker} {params.options} > {log} 2>&1"
+        f"srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
+        f" torchrun --nnodes {n} --nproc-per-node {world_size // n}"
+        ' --rdzv-backend c10d --rdzv-endpoint "$head:$port" --rdzv-id "$SLURM_JOB_ID"'
     )
 
 
-def train_options():
-    """Command-line options of `python -m ddpbench.train` from the train section."""
-    t = config["train"]
-    options = {
-        "model": t["model"],
-        "epochs": t["epochs"],
-        "lr": t["lr"],
-        "momentum": t["momentum"],
-        "weight-decay": t["weight_decay"],
-        "batch-size-mode": t["batch_size_mode"],
-        "lr-scaling": t["lr_scaling"],
-        "base-batch-size": t["base_batch_size"],
-        "warmup-epochs": t["warmup_epochs"],
-        "augment": t["augment"],
-        "channels-last": t["channels_last"],
-        "precision": t["precision"],
-        "allreduce": t["allreduce"],
-        "loader": config["data"]["loader"],
-        "device": train_device(),
-        "eval-batch-size": t["eval_batch_size"],
-        "timeout": t["timeout"],
-    }
-    if t["max_train_samples"] is not None:
-        options["max-train-samples"] = t["max_train_samples"]
-    if t["target_accuracy"] is not None:
-        options["target-accuracy"] = t["target_accuracy"]
-    return " ".join(f"--{key} {value}" for key, value in options.items())
+def rendezvous(wildcards):
+    """Shell lines that find a multi-node run's head node and port (none for one node). The
+    SLURM plugin strips SLURM_JOB_NODELIST from the job's environment: ask squeue."""
+    if nodes(int(wildcards.world_size)) == 1:
+        return ""
+    return (
+        'head=$(scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n1);'
+        " port=$((29400 + SLURM_JOB_ID % 1000));"
+    )
