@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from ddpbench import options as opts
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -38,10 +38,13 @@ def option_fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-@pytest.mark.parametrize("section, cls, names", [
-    ("train", opts.TrainOptions, None),
-    ("data", opts.RunOptions, ["loader"]),
-])
+@pytest.mark.parametrize(
+    "section, cls, names",
+    [
+        ("train", opts.TrainOptions, None),
+        ("data", opts.RunOptions, ["loader"]),
+    ],
+)
 def test_schema_and_dataclass_agree(section, cls, names):
     properties = SCHEMA["properties"][section]["properties"]
     fields, hints = option_fields(cls), opts.field_types(cls)
@@ -63,8 +66,17 @@ def test_the_command_line_round_trips_every_option():
     """What the workflow writes (options.command_line) is what the train entry point reads back."""
     import argparse
 
-    chosen = opts.RunOptions(data="resources/my data", out=None, epochs=2, lr=1e-4, target_accuracy=None,
-                             threads_per_worker=3, ranks_per_node="auto", max_train_samples=100, loader="dataloader")
+    chosen = opts.RunOptions(
+        data="resources/my data",
+        out=None,
+        epochs=2,
+        lr=1e-4,
+        target_accuracy=None,
+        threads_per_worker=3,
+        ranks_per_node="auto",
+        max_train_samples=100,
+        loader="dataloader",
+    )
     parser = argparse.ArgumentParser()
     opts.add_arguments(parser)
     values = {f.name: getattr(chosen, f.name) for f in dataclasses.fields(chosen)}
@@ -72,14 +84,18 @@ def test_the_command_line_round_trips_every_option():
     assert parsed == chosen
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--threads-per-worker", "two"], "'two' is not one of: auto, int"),
-    (["--precision", "fp8"], "'fp8' is not one of: fp32, bf16"),
-    (["--epochs", "1.5"], "'1.5' is not one of: int"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads-per-worker", "two"], "'two' is not one of: auto, int"),
+        (["--precision", "fp8"], "'fp8' is not one of: fp32, bf16"),
+        (["--epochs", "1.5"], "'1.5' is not one of: int"),
+    ],
+)
 def test_a_bad_value_names_the_option_and_what_it_accepts(argv, message):
-    result = subprocess.run([sys.executable, "-m", "ddpbench.train", "--data", "x", *argv], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "ddpbench.train", "--data", "x", *argv], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert f"argument {argv[0]}: {message}" in result.stderr
 
@@ -89,3 +105,13 @@ def test_the_options_module_does_not_import_torch():
     code = "import sys, ddpbench.options; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_help_lists_every_option_with_its_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "ddpbench.train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for field in dataclasses.fields(opts.RunOptions):
+        assert f"--{field.name.replace('_', '-')}" in result.stdout
+    assert "Test accuracy (%) for time-to-accuracy" in " ".join(result.stdout.split())

@@ -20,10 +20,9 @@ import jsonschema
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, RUN_SCHEMA, bin_path, child_env, run
 
-COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "report", "envs", "src", ".test"]
+COPIED = ["Snakefile", "config.yaml", "workflow", "profiles", "report", "envs", "src", ".test", "examples"]
 TEST_CONFIG = ".test/config.yaml"  # the grid users run first: synthetic data, world sizes 1 and 2, one epoch
 GRID = yaml.safe_load((REPO / TEST_CONFIG).read_text())
 RUNS = [f"ws{w}_bs128_seed{s}" for w in (1, 2) for s in (0, 1)]
@@ -99,19 +98,52 @@ def test_odd_command_line_values_are_strings_not_yaml(tmp_path, archive):
     assert f"config data.archive: no file at {archive!r}" in output, output[-2000:]
 
 
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_grid_plans_its_variants(workdir, example):
+    result = snakemake(workdir, "--configfile", f"examples/{example}", "--config", "data={source: synthetic}", "-n")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    grid = yaml.safe_load((REPO / "examples" / example).read_text())["grid"]
+    runs = len(grid["variants"]) * len(grid["world_sizes"]) * len(grid["seeds"])
+    assert job_counts(result.stdout)["train"] == runs
+
+
+@pytest.mark.parametrize(
+    "variants, expected",
+    [
+        ({"a/b": {}}, "config grid.variants: 'a/b' does not match"),
+        ({"x": {"train": {"precison": "bf16"}}}, "config grid.variants.x.train: Additional properties"),
+        ({"x": {"train": {"precision": "fp8"}}}, "config grid.variants.x.train.precision: 'fp8' is not one of"),
+        ({"x": {"train": {"ranks_per_node": 2}}}, "config grid.variants.x.train.ranks_per_node: it decides"),
+    ],
+)
+def test_a_bad_variant_is_named_before_any_job(tmp_path, variants, expected):
+    copy_repo(tmp_path)
+    config = write_config(tmp_path, "bad.yaml", {**GRID, "grid": {**GRID["grid"], "variants": variants}})
+    result = snakemake(tmp_path, "--configfile", config, "-n")
+    assert result.returncode != 0 and expected in result.stdout + result.stderr, result.stderr[-2000:]
+
+
 def test_multinode_world_sizes_go_through_srun_and_c10d(workdir):
     """ranks_per_node splits a world size over nodes: one srun task per node, each a torchrun
     joining the c10d rendezvous; world sizes that fit one node keep --standalone."""
-    config = write_config(workdir, "multinode.yaml", {**GRID, "grid": {"world_sizes": [1, 2, 4], "seeds": [0]},
-                                                      "train": {"ranks_per_node": 2, "threads_per_worker": 1}})
+    config = write_config(
+        workdir,
+        "multinode.yaml",
+        {
+            **GRID,
+            "grid": {"world_sizes": [1, 2, 4], "seeds": [0]},
+            "train": {"ranks_per_node": 2, "threads_per_worker": 1},
+        },
+    )
     result = snakemake(workdir, "--configfile", config, "--dry-run", "--printshellcmds")
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_counts(result.stdout)["train"] == 2 and job_counts(result.stdout)["train_multinode"] == 1
     assert "srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=2" in result.stdout
     assert "torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d" in result.stdout
     assert "torchrun --standalone --nproc-per-node 2" in result.stdout
-    uneven = write_config(workdir, "uneven.yaml", {**GRID, "grid": {"world_sizes": [1, 3], "seeds": [0]},
-                                                   "train": {"ranks_per_node": 2}})
+    uneven = write_config(
+        workdir, "uneven.yaml", {**GRID, "grid": {"world_sizes": [1, 3], "seeds": [0]}, "train": {"ranks_per_node": 2}}
+    )
     bad = snakemake(workdir, "--configfile", uneven, "--dry-run")
     assert bad.returncode != 0 and "does not split into nodes" in bad.stdout + bad.stderr
 
@@ -138,8 +170,10 @@ def test_full_run_writes_every_output(workdir, grid_config):
     assert list(table.world_size) == [1, 2] and list(table.n_seeds) == [2, 2]
     one, two = summary["rows"]
     assert one["speedup_mean"] == 1.0 and one["efficiency_mean"] == 1.0
-    paired = [runs[f"ws1_bs128_seed{s}"]["totals"]["train_time_s"] / runs[f"ws2_bs128_seed{s}"]["totals"]["train_time_s"]
-              for s in (0, 1)]
+    paired = [
+        runs[f"ws1_bs128_seed{s}"]["totals"]["train_time_s"] / runs[f"ws2_bs128_seed{s}"]["totals"]["train_time_s"]
+        for s in (0, 1)
+    ]
     assert two["speedup_mean"] == pytest.approx(sum(paired) / 2)
     assert two["efficiency_mean"] == pytest.approx(two["speedup_mean"] / 2)
     assert summary["missing_runs"] == []
@@ -192,13 +226,20 @@ def test_interrupted_run_leaves_no_trusted_result(workdir, how):
     """Ctrl-C (SIGINT to the terminal's process group) or a killed training job: no run JSON
     appears, and the next invocation runs the job again."""
     seed = 7 if how == "ctrl_c" else 8
-    config = write_config(workdir, f"long-{how}.yaml", {**GRID, "grid": {"world_sizes": [1], "seeds": [seed]},
-                                                        "train": {"epochs": 100}})
+    config = write_config(
+        workdir, f"long-{how}.yaml", {**GRID, "grid": {"world_sizes": [1], "seeds": [seed]}, "train": {"epochs": 100}}
+    )
     name = f"ws1_bs128_seed{seed}"
     target, log = workdir / f"results/runs/{name}.json", workdir / f"logs/train/{name}.log"
-    proc = subprocess.Popen([bin_path("snakemake"), "--cores", "all", "--configfile", config], cwd=workdir,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [bin_path("snakemake"), "--cores", "all", "--configfile", config],
+        cwd=workdir,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (log.exists() and "Epoch [1/100]" in log.read_text()):
@@ -228,8 +269,10 @@ def test_partial_report_lists_what_is_missing(workdir):
     counts = job_counts(result.stdout + result.stderr)
     assert "train" not in counts and counts["partial_report"] == 1
     summary = json.loads((workdir / "results/partial/summary.json").read_text())
-    assert summary["missing_runs"] == [{"world_size": 1, "batch_size": 128, "seed": 9},
-                                       {"world_size": 2, "batch_size": 128, "seed": 9}]
+    assert summary["missing_runs"] == [
+        {"world_size": 1, "batch_size": 128, "seed": 9},
+        {"world_size": 2, "batch_size": 128, "seed": 9},
+    ]
     html = (workdir / "results/partial/report.html").read_text()
     assert "ws1_bs128_seed9" in html and "ws2_bs128_seed9" in html
 

@@ -13,6 +13,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import itertools
 import json
 import shlex
 import textwrap
@@ -109,8 +110,12 @@ def field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, after in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+        for node, after in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+            ):
                 docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
 
@@ -148,7 +153,11 @@ def parse_value(text: str, annotation: Any, name: str) -> Any:
                 return _parse_scalar(text, kind)
             except ValueError:
                 pass
-    accepted = [*choices, *(t.__name__ for t in plain if t is not type(None)), *(["null"] if type(None) in plain else [])]
+    accepted = [
+        *choices,
+        *(t.__name__ for t in plain if t is not type(None)),
+        *(["null"] if type(None) in plain else []),
+    ]
     raise ValueError(f"{text!r} is not one of: {', '.join(accepted)}")
 
 
@@ -196,7 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = RunOptions) -> No
             required=required,
             default=default,
             type=_argument_type(annotation, field.name),
-            help=docs.get(field.name, "") + ("" if required else f" (default: {format_value(default)})"),
+            help=(docs.get(field.name, "") + ("" if required else f" (default: {format_value(default)})")).replace(
+                "%", "%%"
+            ),  # argparse formats help with %
             metavar=_metavar(annotation),
         )
 

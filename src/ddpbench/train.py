@@ -108,23 +108,28 @@ def plan_run(options: RunOptions, world_size: int, device_type: str, one_node: b
     )
 
 
-def gradient_allreduce(requested: str, device_type: str, world_size: int, one_node: bool,
-                       comm_hook: str = "none") -> str:
+def gradient_allreduce(
+    requested: str, device_type: str, world_size: int, one_node: bool, comm_hook: str = "none"
+) -> str:
     """How this run sums gradients: none (one rank), backend (DDP's all-reduce through gloo or
     nccl, with its comm_hook) or shared_memory (CPU ranks on one node)."""
     if world_size == 1:
         return "none"
     if comm_hook != "none":
         if requested == "shared_memory":
-            raise ValueError(f"comm_hook: {comm_hook} is one of DDP's hooks around its own all-reduce; "
-                             "use allreduce: backend (or auto), or comm_hook: none")
+            raise ValueError(
+                f"comm_hook: {comm_hook} is one of DDP's hooks around its own all-reduce; "
+                "use allreduce: backend (or auto), or comm_hook: none"
+            )
         return "backend"
     if requested == "shared_memory":
         if device_type != "cpu":
             raise ValueError("allreduce: shared_memory sums CPU gradients; on cuda use allreduce: backend")
         if not one_node:
-            raise ValueError("allreduce: shared_memory needs every rank on one node, but this run spans several; "
-                             "use allreduce: backend")
+            raise ValueError(
+                "allreduce: shared_memory needs every rank on one node, but this run spans several; "
+                "use allreduce: backend"
+            )
     if requested == "backend" or device_type != "cpu" or not one_node:
         return "backend"
     return "shared_memory"
@@ -165,15 +170,23 @@ class TrainBatches:
         self.channels_last = plan.channels_last
         self.shard = batches_mod.Shard(len(labels), d.world_size, d.rank, options.seed)
         if self.shard.num_samples == 0:
-            raise ValueError(f"{len(labels)} training samples cannot be split across {d.world_size} ranks; "
-                             "raise max_train_samples or use a smaller world size")
+            raise ValueError(
+                f"{len(labels)} training samples cannot be split across {d.world_size} ranks; "
+                "raise max_train_samples or use a smaller world size"
+            )
         self.steps = self.shard.steps(self.batch)
         self.samples_per_epoch = self.shard.num_samples * d.world_size
         if options.loader == "resident":
             if d.device.type == "cuda":
                 images, labels = images.to(d.device), labels.to(d.device)
-            self.pipeline = batches_mod.BatchPipeline(images, labels, d.device, augment=options.augment,
-                                                      channels_last=self.channels_last, seed=options.seed * 1000 + d.rank)
+            self.pipeline = batches_mod.BatchPipeline(
+                images,
+                labels,
+                d.device,
+                augment=options.augment,
+                channels_last=self.channels_last,
+                seed=options.seed * 1000 + d.rank,
+            )
         else:
             if options.augment != "none":
                 raise ValueError("augment is implemented for loader: resident only; set augment: none")
@@ -243,8 +256,20 @@ def set_up(options: RunOptions, d: Dist) -> Session:
         weight_decay=options.weight_decay,
         fused=d.device.type == "cuda",  # one kernel for all parameters: the GPU step is launch-bound
     )
-    return Session(options, d, plan, meta, model, ddp, optimizer, batches, test_pipeline, len(test_labels), comm,
-                   StepClock(d.device))
+    return Session(
+        options,
+        d,
+        plan,
+        meta,
+        model,
+        ddp,
+        optimizer,
+        batches,
+        test_pipeline,
+        len(test_labels),
+        comm,
+        StepClock(d.device),
+    )
 
 
 def build_ddp(options: RunOptions, d: Dist, plan: Plan) -> tuple[torch.nn.Module, DistributedDataParallel]:
@@ -340,10 +365,18 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
     busy, exposed = s.comm.take()
     dist.all_reduce(stats)  # train loss/accuracy over all ranks' samples
     loss_sum, correct, count = stats.tolist()
-    return EpochMeasure(loss_sum, correct, count, s.batches.steps, lr, train_s,
-                        data_s=sum(s.clock.seconds(a, b) for a, b, _ in marks),
-                        step_s=sum(s.clock.seconds(b, c) for _, b, c in marks),
-                        comm_busy_s=busy, comm_exposed_s=exposed)
+    return EpochMeasure(
+        loss_sum,
+        correct,
+        count,
+        s.batches.steps,
+        lr,
+        train_s,
+        data_s=sum(s.clock.seconds(a, b) for a, b, _ in marks),
+        step_s=sum(s.clock.seconds(b, c) for _, b, c in marks),
+        comm_busy_s=busy,
+        comm_exposed_s=exposed,
+    )
 
 
 def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, stats: torch.Tensor) -> None:
@@ -383,8 +416,9 @@ def evaluate(s: Session) -> tuple[float, float]:
     return loss_sum / count, 100.0 * correct / count
 
 
-def epoch_record(epoch: int, m: EpochMeasure, test: tuple[float, float], eval_s: float, elapsed_s: float,
-                 train_time_max_s: float) -> dict:
+def epoch_record(
+    epoch: int, m: EpochMeasure, test: tuple[float, float], eval_s: float, elapsed_s: float, train_time_max_s: float
+) -> dict:
     """The run JSON's record of one epoch (pure)."""
     test_loss, test_acc = test
     return {
@@ -431,8 +465,15 @@ def run_epochs(s: Session) -> tuple[list[dict], float, float | None]:
             time_to_target = elapsed
         record_ = epoch_record(epoch + 1, m, (test_loss, test_acc), eval_s, elapsed, max(gather_objects(m.train_s)))
         epochs.append(record_)
-        log.info("Epoch [%d/%d] | Loss: %.4f | Train Acc: %.2f%% | Test Acc: %.2f%% | Time: %.1fs", epoch + 1,
-                 s.options.epochs, record_["train_loss"], record_["train_acc"], test_acc, m.train_s + eval_s)
+        log.info(
+            "Epoch [%d/%d] | Loss: %.4f | Train Acc: %.2f%% | Test Acc: %.2f%% | Time: %.1fs",
+            epoch + 1,
+            s.options.epochs,
+            record_["train_loss"],
+            record_["train_acc"],
+            test_acc,
+            m.train_s + eval_s,
+        )
     return epochs, time.perf_counter() - loop_start, time_to_target
 
 
@@ -447,8 +488,18 @@ def run_totals(epochs: list[dict], loop_s: float, time_to_target: float | None) 
     images = sum(e["images"] for e in epochs)
     return {
         "train_loop_s": loop_s,
-        **{key: total(key) for key in ("train_time_s", "eval_time_s", "data_time_s", "step_time_s",
-                                       "compute_time_s", "comm_time_s", "comm_exposed_time_s")},
+        **{
+            key: total(key)
+            for key in (
+                "train_time_s",
+                "eval_time_s",
+                "data_time_s",
+                "step_time_s",
+                "compute_time_s",
+                "comm_time_s",
+                "comm_exposed_time_s",
+            )
+        },
         "images": images,
         "throughput_img_s": images / train_time if train_time else None,
         "final_test_acc": epochs[-1]["test_acc"],
@@ -507,8 +558,10 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
         "model": {"name": options.model, "parameters": count_parameters(s.model)},
         "dataset": {**s.meta, "train_samples_used": s.batches.samples_per_epoch, "test_samples": s.test_samples},
         "epochs": epochs,
-        "totals": {**run_totals(epochs, loop_s, time_to_target), **start_up_totals(per_rank, t_process,
-                                                                                    first_step_time)},
+        "totals": {
+            **run_totals(epochs, loop_s, time_to_target),
+            **start_up_totals(per_rank, t_process, first_step_time),
+        },
         "ddp": ddp_record(s),
         "ranks": per_rank,
         "environment": env,

@@ -1,4 +1,6 @@
+import copy
 import os
+import re
 import sys
 
 import jsonschema
@@ -57,21 +59,55 @@ def schema_node(schema, path):
     return node
 
 
-def check_config(config, schema):
+def check_config(config, schema, where=""):
     """Fail before any job with the key, what is wrong, and what the key allows."""
     error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is None:
         return
-    path = list(error.absolute_path)
-    key = ".".join(str(k) for k in path if not isinstance(k, int)) or "(top level)"
-    allowed = schema_node(schema, [k for k in path if not isinstance(k, int)]).get("description")
+    path = [k for k in error.absolute_path if not isinstance(k, int)]
+    key = ".".join(map(str, [where, *path] if where else path)) or "(top level)"
+    allowed = schema_node(schema, path).get("description")
     raise ValueError(f"config {key}: {error.message}." + (f" Allowed: {allowed}" if allowed else ""))
+
+
+def without_defaults(node):
+    """A schema without its defaults: an override names only what it changes."""
+    if isinstance(node, dict):
+        return {k: without_defaults(v) for k, v in node.items() if k != "default"}
+    return node
+
+
+def variant_schema(schema):
+    """One variant's overrides: any train option, with the train section's types and choices."""
+    train = without_defaults(schema["properties"]["train"])
+    loader = without_defaults(schema["properties"]["data"]["properties"]["loader"])
+    data = {"type": "object", "additionalProperties": False, "properties": {"loader": loader}}
+    return {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "properties": {"train": train, "data": data},
+    }
+
+
+def check_variants(variants, schema):
+    """Variants as the user wrote them (before defaults are filled in), each checked on its own."""
+    for name, overrides in (variants or {}).items():
+        one = variant_schema(schema)
+        variants[name] = coerce_cli_strings(overrides, one) or {}
+        check_config(variants[name], one, where=f"grid.variants.{name}")
+    baseline = config.get("grid", {}).get("baseline")
+    if baseline is not None and baseline not in (variants or {}):
+        raise ValueError(
+            f"config grid.baseline: {baseline!r} is not a variant; choose one of {sorted(variants or {})} or null"
+        )
+    return copy.deepcopy(variants)
 
 
 with open(workflow.source_path(CONFIG_SCHEMA)) as schema_file:
     _schema = yaml.safe_load(schema_file)
 config.update(coerce_cli_strings(config, _schema))
 check_config(config, _schema)
+VARIANTS = check_variants(config.get("grid", {}).get("variants"), _schema)
 validate(config, schema=CONFIG_SCHEMA)  # fills in the defaults
 
 # Every job runs this checkout's package (also in a --sdm conda environment, which lacks it).
@@ -85,6 +121,7 @@ wildcard_constraints:
     world_size=r"\d+",
     batch_size=r"\d+",
     seed=r"\d+",
+    variant="|".join(re.escape(name) for name in VARIANTS or {}) or "(?!)",
 
 
 # ---------------------------------------------------------------- the grid
@@ -169,9 +206,14 @@ def world_size_pattern(multinode):
     return "|".join(map(str, sizes)) if sizes else "(?!)"
 
 
+# With grid.variants every path of a run gains the variant's folder; without, paths stay as they were.
+RUN = ("{variant}/" if VARIANTS else "") + "ws{world_size}_bs{batch_size}_seed{seed}"
+
+
 def run_names():
     return expand(
-        "ws{world_size}_bs{batch_size}_seed{seed}",
+        RUN,
+        variant=list(VARIANTS or {}),
         world_size=world_sizes(),
         batch_size=config["grid"]["batch_sizes"],
         seed=config["grid"]["seeds"],
@@ -239,9 +281,35 @@ check_archive()
 # ---------------------------------------------------------------- training
 
 
-def run_options():
-    """The command-line options of `python -m ddpbench.train`: the train section as it is, and the loader."""
-    return command_line({**config["train"], "loader": config["data"]["loader"]})
+# Options that shape the DAG (nodes, GPUs requested) are the same for every variant.
+GRID_WIDE_OPTIONS = ("ranks_per_node", "device")
+
+
+def check_variant_overrides():
+    for name, overrides in (VARIANTS or {}).items():
+        fixed = sorted(set((overrides or {}).get("train", {})) & set(GRID_WIDE_OPTIONS))
+        if fixed:
+            raise ValueError(
+                f"config grid.variants.{name}.train.{fixed[0]}: it decides how runs are placed, the same for "
+                f"every variant; set it in train: instead"
+            )
+
+
+check_variant_overrides()
+
+
+def variant_options(wildcards):
+    """The run's options: the train section (and data.loader) with its variant's overrides on top."""
+    options = {**config["train"], "loader": config["data"]["loader"]}
+    overrides = (VARIANTS or {}).get(getattr(wildcards, "variant", None)) or {}
+    options.update(overrides.get("train", {}))
+    options.update(overrides.get("data", {}))
+    return options
+
+
+def run_options(wildcards):
+    """The command-line options of `python -m ddpbench.train`, passed through without naming each."""
+    return command_line(variant_options(wildcards))
 
 
 def ranks_on_node(wildcards):
@@ -253,7 +321,7 @@ def train_threads(wildcards):
     """A node's CPUs for the job: threads_per_worker for each of its ranks. With auto, locally
     every core Snakemake may use (the job divides them among its ranks); on a cluster, one per
     rank unless threads_per_worker says more."""
-    per_worker = config["train"]["threads_per_worker"]
+    per_worker = variant_options(wildcards)["threads_per_worker"]
     if per_worker == "auto":
         return workflow.cores if workflow.local_exec else ranks_on_node(wildcards)
     return ranks_on_node(wildcards) * per_worker

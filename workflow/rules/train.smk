@@ -2,11 +2,11 @@ rule train:
     input:
         dataset_files,
     output:
-        "results/runs/ws{world_size}_bs{batch_size}_seed{seed}.json",
+        f"results/runs/{RUN}.json",
     log:
-        "logs/train/ws{world_size}_bs{batch_size}_seed{seed}.log",
+        f"logs/train/{RUN}.log",
     benchmark:
-        "benchmarks/train/ws{world_size}_bs{batch_size}_seed{seed}.tsv"
+        f"benchmarks/train/{RUN}.tsv"
     wildcard_constraints:
         world_size=world_size_pattern(multinode=False),
     conda:
@@ -21,7 +21,7 @@ rule train:
         tasks_per_gpu=0,
     params:
         data_dir=input_dir,
-        options=run_options(),
+        options=run_options,
         omp_threads=omp_threads,
         pin=pin_cores,
         rendezvous=rendezvous,
