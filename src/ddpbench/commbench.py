@@ -1,0 +1,188 @@
+"""Time the all-reduce DDP's gradients go through, for ``ddpbench.predict``'s communication model.
+
+    torchrun --standalone --nproc-per-node W -m ddpbench.commbench --out comm.json \
+        [--sizes BYTES,...] [--buckets BYTES,...] [--model simple_cnn] [--reps N] [--device cpu|cuda]
+
+Times ``dist.all_reduce`` of float32 tensors over a sweep of message sizes (powers of 4 from 8 B,
+and 64 MiB) and over the given bucket sizes (``--model`` adds the model's own DDP buckets), on
+gloo (CPU) or nccl (CUDA, synchronised before the clock is read). Per size: warm-up calls, then
+repetitions, each preceded by a barrier and timed on every rank; a repetition's time is the
+slowest rank's, and the size's time the median over repetitions. Rank 0 writes one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ddpbench.distributed import gloo_on_loopback_within_one_node, select_device
+from ddpbench.io import atomic_write_json, utc_now
+from ddpbench.metrics import cpu_model
+
+FLOAT32_BYTES = 4
+DEFAULT_SIZES = [8 * 4**k for k in range(12)] + [64 * 2**20]  # 8 B ... 32 MiB, then 64 MiB
+WARMUP = 3
+MIN_REPS = 3
+
+
+def parse_bytes_list(text: str) -> list[int]:
+    """'8,1024,4194304' -> sizes in bytes, each a positive multiple of 4 (float32 elements)."""
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    bad = [s for s in sizes if s < FLOAT32_BYTES or s % FLOAT32_BYTES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"sizes {bad} are not positive multiples of 4 bytes (float32 elements)")
+    return sizes
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What makes the clock honest: wait for the device's queued work (nccl runs asynchronously)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_allreduce(nbytes: int, device: torch.device, reps: int, budget_s: float) -> dict:
+    """Median over repetitions of the slowest rank's time for one all-reduce of ``nbytes``.
+
+    Repetitions stop at ``reps`` or once ``budget_s`` would be exceeded (at least MIN_REPS); the
+    count is agreed across ranks from the slowest warm-up, so every rank makes the same calls."""
+    tensor = torch.zeros(nbytes // FLOAT32_BYTES, dtype=torch.float32, device=device)  # zeros never overflow
+    warmup = timed_calls(tensor, device, WARMUP)[-1]  # the first calls set up connections and buffers
+    slowest_warmup = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device))[0]
+    count = max(MIN_REPS, min(reps, math.floor(budget_s / max(slowest_warmup, 1e-9))))
+    times = torch.tensor(timed_calls(tensor, device, count), dtype=torch.float64, device=device)
+    values = slowest_rank(times)  # each repetition takes as long as its slowest rank
+    return {
+        "bytes": nbytes,
+        "median_s": statistics.median(values),
+        "min_s": min(values),
+        "max_s": max(values),
+        "reps": count,
+    }
+
+
+def timed_calls(tensor: torch.Tensor, device: torch.device, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` all-reduces of ``tensor`` on this rank, each after a barrier."""
+    sync = synchronizer(device)
+    seconds = []
+    for _ in range(calls):
+        dist.barrier()
+        sync()
+        start = time.perf_counter()
+        dist.all_reduce(tensor)
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def slowest_rank(seconds: torch.Tensor) -> list[float]:
+    """Element-wise maximum over the ranks."""
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return seconds.tolist()
+
+
+def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float = 25.0) -> list[int]:
+    """The gradient bucket sizes DDP uses for ``model_name`` (as ddpbench.train wraps it), read from a
+    communication hook during a second backward pass, after DDP has rebuilt its buckets."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ddpbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name).to(device)
+    ddp = DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        bucket_cap_mb=bucket_cap_mb,
+    )
+    seen: list[int] = []
+
+    def record(state, bucket):
+        seen.append(bucket.buffer().numel() * bucket.buffer().element_size())
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(state=None, hook=record)
+    images = torch.randn(2, 3, 32, 32, device=device)
+    for _ in range(2):
+        seen.clear()
+        ddp(images).sum().backward()
+    return list(seen)
+
+
+def environment(backend: str, device: torch.device) -> dict:
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "backend": backend,
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "world_size": dist.get_world_size(),
+        "gloo_socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="torchrun ... -m ddpbench.commbench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="JSON file rank 0 writes")
+    p.add_argument(
+        "--sizes", type=parse_bytes_list, default=DEFAULT_SIZES, help="message sizes in bytes, comma-separated"
+    )
+    p.add_argument("--buckets", type=parse_bytes_list, default=[], help="DDP bucket sizes in bytes, comma-separated")
+    p.add_argument("--model", help="also time this model's own DDP buckets (e.g. simple_cnn)")
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb for --model (as the runs)")
+    p.add_argument("--reps", type=int, default=20, help="repetitions per size (fewer for slow sizes)")
+    p.add_argument("--budget-s", type=float, default=2.0, help="seconds of repetitions per size, at least 3 reps")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu: gloo; cuda: nccl")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a collective may wait for a rank")
+    args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error("--reps must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # the collective's own threads do the work; no intra-op pool contending with them
+    device, backend = select_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    gloo_on_loopback_within_one_node()
+    dist.init_process_group(
+        backend, timeout=timedelta(seconds=args.timeout), device_id=device if device.type == "cuda" else None
+    )
+    try:
+        buckets = list(args.buckets) + (ddp_bucket_bytes(args.model, device, args.bucket_cap_mb) if args.model else [])
+        sweep = [time_allreduce(n, device, args.reps, args.budget_s) for n in args.sizes]
+        timed_buckets = [time_allreduce(n, device, args.reps, args.budget_s) for n in buckets]
+        if dist.get_rank() == 0:
+            atomic_write_json(
+                args.out,
+                {
+                    "schema": "ddpbench.commbench/1",
+                    "created_utc": utc_now(),
+                    "world_size": dist.get_world_size(),
+                    "backend": backend,
+                    "model": args.model,
+                    "environment": environment(backend, device),
+                    "statistic": "median over repetitions of the slowest rank's time per all-reduce",
+                    "sweep": sweep,
+                    "buckets": timed_buckets,
+                },
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

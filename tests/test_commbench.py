@@ -1,0 +1,67 @@
+"""ddpbench.commbench: the all-reduce timings the scaling prediction is fitted to."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ddpbench import commbench, predict
+
+
+def test_sizes_are_whole_float32_elements():
+    assert commbench.parse_bytes_list("8,1024, 4194304") == [8, 1024, 4194304]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"\[6, 2\] are not positive multiples of 4"):
+        commbench.parse_bytes_list("8,6,2")
+    assert commbench.DEFAULT_SIZES[0] == 8 and commbench.DEFAULT_SIZES[-1] == 64 * 2**20
+
+
+def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
+    out = tmp_path / "comm.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("GLOO_SOCKET_IFNAME", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "ddpbench.commbench",
+        "--out",
+        str(out),
+        "--sizes",
+        "8,4096,4194304",
+        "--buckets",
+        "65536",
+        "--model",
+        "simple_cnn",
+        "--reps",
+        "5",
+        "--budget-s",
+        "0.3",
+        "--timeout",
+        "60",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and result["backend"] == "gloo"
+    assert result["environment"]["world_size"] == 2 and result["environment"]["cpu_model"]
+    assert result["environment"]["gloo_socket_ifname"] == "lo"  # one node: loopback
+    assert [p["bytes"] for p in result["sweep"]] == [8, 4096, 4194304]
+    bucket_bytes = [p["bytes"] for p in result["buckets"]]
+    # The given bucket, then SimpleCNN's own DDP buckets: together all of its float32 gradients.
+    assert bucket_bytes[0] == 65536 and sum(bucket_bytes[1:]) == 4 * 1_147_914
+    for point in result["sweep"] + result["buckets"]:
+        assert 3 <= point["reps"] <= 5
+        assert 0 < point["min_s"] <= point["median_s"] <= point["max_s"]
+    small, large = result["sweep"][0]["median_s"], result["sweep"][-1]["median_s"]
+    assert large > small  # 4 MiB takes longer than 8 bytes
+    fit = predict.fit_collective(*predict.comm_points([result]))
+    assert fit.alpha_s >= 0 and fit.bandwidth_bytes_s > 0
