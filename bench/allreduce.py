@@ -39,6 +39,7 @@ def main() -> None:
     world = dist.get_world_size()
     if args.transport == "shared_memory":
         from ddpbench.comm import SharedMemoryAllReduce
+
         exchange = SharedMemoryAllReduce(args.numel)
 
         def all_reduce(tensor):
@@ -59,11 +60,19 @@ def main() -> None:
     if dist.get_rank() == 0:
         median = statistics.median(times)
         nbytes = 4 * args.numel
-        print(json.dumps({
-            "world_size": world, "transport": args.transport, "bytes": nbytes,
-            "median_s": median, "min_s": min(times), "max_s": max(times),
-            "bus_bandwidth_gb_s": 2 * (world - 1) / world * nbytes / median / 1e9,
-        }))
+        print(
+            json.dumps(
+                {
+                    "world_size": world,
+                    "transport": args.transport,
+                    "bytes": nbytes,
+                    "median_s": median,
+                    "min_s": min(times),
+                    "max_s": max(times),
+                    "bus_bandwidth_gb_s": 2 * (world - 1) / world * nbytes / median / 1e9,
+                }
+            )
+        )
     dist.destroy_process_group()
 
 

@@ -12,6 +12,7 @@ The first process prints the sum of their images/s.
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -20,9 +21,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model
-from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 
 
 def main() -> None:
@@ -35,13 +36,22 @@ def main() -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--pin", choices=("on", "off"), default="on",
-                   help="pin to one block of --threads available cores, as the engine pins a rank")
+    p.add_argument(
+        "--pin",
+        choices=("on", "off"),
+        default="on",
+        help="pin to one block of --threads available cores, as the engine pins a rank",
+    )
     p.add_argument("--block", type=int, default=0, help="which block (a rank's local rank)")
-    p.add_argument("--heap", choices=("retain", "system"), default="retain",
-                   help="retain: glibc keeps freed memory, as the engine has it; system: glibc's default")
-    p.add_argument("--synchronise", action="store_true",
-                   help="under torchrun: a barrier after every step; block = local rank")
+    p.add_argument(
+        "--heap",
+        choices=("retain", "system"),
+        default="retain",
+        help="retain: glibc keeps freed memory, as the engine has it; system: glibc's default",
+    )
+    p.add_argument(
+        "--synchronise", action="store_true", help="under torchrun: a barrier after every step; block = local rank"
+    )
     args = p.parse_args()
     if args.synchronise:
         if "LOCAL_RANK" not in os.environ or args.device != "cpu":
@@ -52,7 +62,9 @@ def main() -> None:
     if args.pin == "on":
         cores = core_block(args.block, args.threads)
         if len(cores) < args.threads:
-            raise SystemExit(f"block {args.block} of {args.threads} cores is past the {len(os.sched_getaffinity(0))} available")
+            raise SystemExit(
+                f"block {args.block} of {args.threads} cores is past the {len(os.sched_getaffinity(0))} available"
+            )
         os.sched_setaffinity(0, cores)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
@@ -67,8 +79,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(args.model).to(device, memory_format=memory_format)
     # The engine's optimizer: fused on CUDA.
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
-                                fused=device.type == "cuda")
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, fused=device.type == "cuda"
+    )
     x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -96,7 +109,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     result = {"images_per_s": args.batch_size * args.steps / seconds, "seconds": seconds, **vars(args)}
     if len(ends) >= 20:  # how steady the machine was: step times' 5th, 50th and 95th percentiles
-        cuts = statistics.quantiles([1e3 * (b - a) for a, b in zip([start, *ends], ends)], n=20)
+        cuts = statistics.quantiles([1e3 * (b - a) for a, b in itertools.pairwise([start, *ends])], n=20)
         result["step_ms_p5_p50_p95"] = [cuts[0], cuts[9], cuts[18]]
     if args.synchronise:
         per_rank = gather_objects(result["images_per_s"])

@@ -54,9 +54,24 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
 
 
 def compute_bound_cmd(threads: int, args, channels_last: str = "on", heap: str = "retain") -> list[str]:
-    return [sys.executable, str(BENCH / "compute_bound.py"), "--threads", str(threads), "--batch-size",
-            str(args.batch_size), "--device", args.device, "--precision", args.precision,
-            "--channels-last", channels_last, "--heap", heap, "--steps", str(args.bound_steps)]
+    return [
+        sys.executable,
+        str(BENCH / "compute_bound.py"),
+        "--threads",
+        str(threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--channels-last",
+        channels_last,
+        "--heap",
+        heap,
+        "--steps",
+        str(args.bound_steps),
+    ]
 
 
 def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain") -> float:
@@ -70,8 +85,10 @@ def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
     steps, so if anything this overstates the bound."""
     cmd = compute_bound_cmd(threads, args)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([*cmd, "--block", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for i in range(copies)]
+    procs = [
+        subprocess.Popen([*cmd, "--block", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(copies)
+    ]
     total = 0.0
     for proc in procs:
         out, err = proc.communicate(timeout=3600)
@@ -85,20 +102,49 @@ def synchronised_compute_bounds(copies: int, threads: int, args) -> float:
     """Sum of ``copies`` compute bounds, one per rank under torchrun, each pinned to its own
     block of cores, meeting at a barrier after every step as DDP ranks meet at their gradient
     exchange: the engine at this world size less its data path, DDP and the exchange itself."""
-    cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={copies}", *compute_bound_cmd(threads, args)[1:],
-           "--synchronise"]
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        f"--nproc-per-node={copies}",
+        *compute_bound_cmd(threads, args)[1:],
+        "--synchronise",
+    ]
     return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
 
 
-def engine(world_size: int, threads: int, loader: str, args, channels_last: str = "auto",
-           allreduce: str = "backend") -> dict:
+def engine(
+    world_size: int, threads: int, loader: str, args, channels_last: str = "auto", allreduce: str = "backend"
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", "-m", "ddpbench.train",
-               "--data", str(args.data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
-               str(args.batch_size), "--threads-per-worker", str(threads), "--loader", loader,
-               "--channels-last", channels_last, "--device", args.device, "--precision", args.precision,
-               "--allreduce", allreduce, "--quiet"]
+        cmd = [
+            *TORCHRUN,
+            "--standalone",
+            f"--nproc-per-node={world_size}",
+            "-m",
+            "ddpbench.train",
+            "--data",
+            str(args.data),
+            "--out",
+            str(out),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--threads-per-worker",
+            str(threads),
+            "--loader",
+            loader,
+            "--channels-last",
+            channels_last,
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+            "--allreduce",
+            allreduce,
+            "--quiet",
+        ]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
         # Measurements run one at a time, so the engine may pin its ranks as in the workflow.
@@ -129,8 +175,16 @@ def engine(world_size: int, threads: int, loader: str, args, channels_last: str 
 
 
 def allreduce(world_size: int, args, transport: str = "backend") -> dict:
-    cmd = [*TORCHRUN, "--standalone", f"--nproc-per-node={world_size}", str(BENCH / "allreduce.py"),
-           "--device", args.device, "--transport", transport]
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        f"--nproc-per-node={world_size}",
+        str(BENCH / "allreduce.py"),
+        "--device",
+        args.device,
+        "--transport",
+        transport,
+    ]
     return run_json(cmd, env={"OMP_NUM_THREADS": "1"})
 
 
@@ -143,8 +197,11 @@ def summarize(samples: dict[str, list]) -> dict:
     out = {}
     for name, reps in samples.items():
         if isinstance(reps[0], dict):
-            out[name] = {k: spread([r[k] for r in reps]) for k, v in reps[0].items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and None not in [r[k] for r in reps]}
+            out[name] = {
+                k: spread([r[k] for r in reps])
+                for k, v in reps[0].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and None not in [r[k] for r in reps]
+            }
         else:
             out[name] = spread(reps)
     return out
@@ -191,22 +248,38 @@ def main() -> int:
         ("engine_ws1", lambda: engine(1, threads_1, "resident", args)),
     ]
     if args.device == "cpu":  # what the engine's retained heap (train.retain_freed_memory) gains
-        plan.insert(2, (f"compute_bound_{threads_1}t_system_heap", lambda: compute_bound(threads_1, args, heap="system")))
+        plan.insert(
+            2, (f"compute_bound_{threads_1}t_system_heap", lambda: compute_bound(threads_1, args, heap="system"))
+        )
     if not args.skip_classic:
-        plan += [("per_sample_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)),
-                 ("study_pipeline_ws1", lambda: engine(1, threads_1, "dataloader", args, channels_last="off"))]
+        plan += [
+            ("per_sample_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)),
+            ("study_pipeline_ws1", lambda: engine(1, threads_1, "dataloader", args, channels_last="off")),
+        ]
     if w_max > 1:
         if threads_max != threads_1:
             plan.append((f"compute_bound_{threads_max}t", lambda: compute_bound(threads_max, args)))
         if args.device == "cpu":
-            plan.append((f"compute_bound_{threads_max}t_x{w_max}_at_once",
-                         lambda: concurrent_compute_bounds(w_max, threads_max, args)))
-            plan.append((f"compute_bound_{threads_max}t_x{w_max}_synchronised",
-                         lambda: synchronised_compute_bounds(w_max, threads_max, args)))
+            plan.append(
+                (
+                    f"compute_bound_{threads_max}t_x{w_max}_at_once",
+                    lambda: concurrent_compute_bounds(w_max, threads_max, args),
+                )
+            )
+            plan.append(
+                (
+                    f"compute_bound_{threads_max}t_x{w_max}_synchronised",
+                    lambda: synchronised_compute_bounds(w_max, threads_max, args),
+                )
+            )
         plan.append((f"engine_ws{w_max}", lambda: engine(w_max, threads_max, "resident", args)))
         if args.device == "cpu":  # DDP's own all-reduce (the default) against ddpbench's shared-memory exchange
-            plan.append((f"engine_ws{w_max}_shared_memory",
-                         lambda: engine(w_max, threads_max, "resident", args, allreduce="shared_memory")))
+            plan.append(
+                (
+                    f"engine_ws{w_max}_shared_memory",
+                    lambda: engine(w_max, threads_max, "resident", args, allreduce="shared_memory"),
+                )
+            )
         for w in sorted({2, w_max}):
             plan.append((f"allreduce_ws{w}", lambda w=w: allreduce(w, args)))
             if args.device == "cpu":
@@ -219,52 +292,79 @@ def main() -> int:
 
     figures = summarize(samples)
     med = {k: v["images_per_s"]["median"] if "images_per_s" in v else v.get("median") for k, v in figures.items()}
-    dataset_bytes = (Path(args.data) / "train_images.npy").stat().st_size + (Path(args.data) / "test_images.npy").stat().st_size
+    dataset_bytes = (Path(args.data) / "train_images.npy").stat().st_size + (
+        Path(args.data) / "test_images.npy"
+    ).stat().st_size
     targets = {
         "ws1_vs_compute_bound": med["engine_ws1"] / med[f"compute_bound_{threads_1}t"],
-        "channels_last_vs_contiguous": med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_contiguous"],
+        "channels_last_vs_contiguous": med[f"compute_bound_{threads_1}t"]
+        / med[f"compute_bound_{threads_1}t_contiguous"],
     }
     if args.device == "cpu":
         targets["retained_heap_vs_system_heap"] = (
-            med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_system_heap"])
+            med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_system_heap"]
+        )
     if not args.skip_classic:
         targets["ws1_vs_study_pipeline"] = med["engine_ws1"] / med["study_pipeline_ws1"]
         targets["ws1_vs_per_sample_dataloader"] = med["engine_ws1"] / med["per_sample_dataloader_ws1"]
     if w_max > 1:
-        targets[f"ws{w_max}_vs_{w_max}x_compute_bound_{threads_max}t"] = (
-            med[f"engine_ws{w_max}"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+        targets[f"ws{w_max}_vs_{w_max}x_compute_bound_{threads_max}t"] = med[f"engine_ws{w_max}"] / (
+            w_max * med[f"compute_bound_{threads_max}t"]
+        )
         if args.device == "cpu":  # data and DDP alone: against the bound with every core busy
             targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_at_once"] = (
-                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
+                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"]
+            )
             # What meeting every step costs on these cores, apart from data and DDP.
             targets[f"ws{w_max}_vs_compute_bound_{threads_max}t_x{w_max}_synchronised"] = (
-                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"])
-            targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_{w_max}x_alone"] = (
-                med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+                med[f"engine_ws{w_max}"] / med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"]
+            )
+            targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_{w_max}x_alone"] = med[
+                f"compute_bound_{threads_max}t_x{w_max}_synchronised"
+            ] / (w_max * med[f"compute_bound_{threads_max}t"])
             # The same cores busy, the barrier the only difference: what meeting every step costs.
             targets[f"compute_bound_{threads_max}t_x{w_max}_synchronised_vs_at_once"] = (
                 med[f"compute_bound_{threads_max}t_x{w_max}_synchronised"]
-                / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"])
-            targets[f"ws{w_max}_shared_memory_vs_{w_max}x_compute_bound_{threads_max}t"] = (
-                med[f"engine_ws{w_max}_shared_memory"] / (w_max * med[f"compute_bound_{threads_max}t"]))
+                / med[f"compute_bound_{threads_max}t_x{w_max}_at_once"]
+            )
+            targets[f"ws{w_max}_shared_memory_vs_{w_max}x_compute_bound_{threads_max}t"] = med[
+                f"engine_ws{w_max}_shared_memory"
+            ] / (w_max * med[f"compute_bound_{threads_max}t"])
             targets[f"ws{w_max}_shared_memory_vs_backend_allreduce"] = (
-                med[f"engine_ws{w_max}_shared_memory"] / med[f"engine_ws{w_max}"])
+                med[f"engine_ws{w_max}_shared_memory"] / med[f"engine_ws{w_max}"]
+            )
         targets[f"rss_increase_ws1_to_ws{w_max}_over_dataset"] = (
-            (figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
-             - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]) / dataset_bytes)
+            figures[f"engine_ws{w_max}"]["peak_rss_bytes_total"]["median"]
+            - figures["engine_ws1"]["peak_rss_bytes_total"]["median"]
+        ) / dataset_bytes
         targets[f"pss_increase_ws1_to_ws{w_max}_over_dataset"] = (
-            (figures[f"engine_ws{w_max}"]["pss_bytes_total"]["median"]
-             - figures["engine_ws1"]["pss_bytes_total"]["median"]) / dataset_bytes)
+            figures[f"engine_ws{w_max}"]["pss_bytes_total"]["median"]
+            - figures["engine_ws1"]["pss_bytes_total"]["median"]
+        ) / dataset_bytes
     result = {
         "generated_utc": utc_now(),
-        "machine": {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "cores_available": cores,
-                    "device": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_model(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {"data": str(args.data), "dataset_source": args.data_meta["source"],
-                     "dataset_image_bytes": dataset_bytes, "reps": args.reps, "epochs": args.epochs,
-                     "max_train_samples": args.max_train_samples, "batch_size": args.batch_size,
-                     "device": args.device, "precision": args.precision, "threads_ws1": threads_1,
-                     f"threads_ws{w_max}": threads_max, "command": " ".join(sys.argv)},
+        "machine": {
+            "hostname": socket.gethostname(),
+            "cpu_model": cpu_model(),
+            "cores_available": cores,
+            "device": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_model(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "data": str(args.data),
+            "dataset_source": args.data_meta["source"],
+            "dataset_image_bytes": dataset_bytes,
+            "reps": args.reps,
+            "epochs": args.epochs,
+            "max_train_samples": args.max_train_samples,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "precision": args.precision,
+            "threads_ws1": threads_1,
+            f"threads_ws{w_max}": threads_max,
+            "command": " ".join(sys.argv),
+        },
         "figures": figures,
         "ratios_of_medians": targets,
         "samples": samples,
@@ -284,14 +384,19 @@ def table(result: dict) -> str:
             f, unit = fig, "images/s"
         else:
             f = fig[key]
-        lines.append(f"{name:34} {f['median']:12.1f} {f['min']:12.1f} {f['max']:12.1f}  {unit}" if unit == "images/s"
-                     else f"{name:34} {f['median'] * 1e3:12.2f} {f['min'] * 1e3:12.2f} {f['max'] * 1e3:12.2f}  ms/call"
-                     f" ({fig['bus_bandwidth_gb_s']['median']:.2f} GB/s bus)")
+        lines.append(
+            f"{name:34} {f['median']:12.1f} {f['min']:12.1f} {f['max']:12.1f}  {unit}"
+            if unit == "images/s"
+            else f"{name:34} {f['median'] * 1e3:12.2f} {f['min'] * 1e3:12.2f} {f['max'] * 1e3:12.2f}  ms/call"
+            f" ({fig['bus_bandwidth_gb_s']['median']:.2f} GB/s bus)"
+        )
         if "_ws" in name and not name.startswith("allreduce"):
-            extra = [f"first epoch {fig['first_epoch_images_per_s']['median']:.0f} img/s",
-                     f"launch->step {fig['launch_to_first_step_s']['median']:.1f}s",
-                     f"peak RSS total {fig['peak_rss_bytes_total']['median'] / 2**20:.0f} MiB",
-                     f"PSS total {fig['pss_bytes_total']['median'] / 2**20:.0f} MiB"]
+            extra = [
+                f"first epoch {fig['first_epoch_images_per_s']['median']:.0f} img/s",
+                f"launch->step {fig['launch_to_first_step_s']['median']:.1f}s",
+                f"peak RSS total {fig['peak_rss_bytes_total']['median'] / 2**20:.0f} MiB",
+                f"PSS total {fig['pss_bytes_total']['median'] / 2**20:.0f} MiB",
+            ]
             if "comm_share_of_step" in fig:
                 extra.append(f"comm {100 * fig['comm_share_of_step']['median']:.1f}% of step")
             lines.append(" " * 36 + ", ".join(extra))

@@ -28,9 +28,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ddpbench.batches import BatchPipeline, Shard
 from ddpbench.cache import load_split, read_meta
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
+from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model, count_parameters
-from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
 from ddpbench.train import no_forward_buffer_sync
 
 VARIANTS = ("independent", "synchronised", "backend", "shared_memory")
@@ -92,17 +92,25 @@ def main() -> None:
             wall, thread, process = time.perf_counter(), time.thread_time(), os.times()
             steps(variant, args.steps)
             end = os.times()
-            samples[variant].append((
-                (time.perf_counter() - wall) / args.steps * 1e3,
-                (time.thread_time() - thread) / args.steps * 1e3,
-                (end.user + end.system - process.user - process.system) / args.steps * 1e3,
-            ))
+            samples[variant].append(
+                (
+                    (time.perf_counter() - wall) / args.steps * 1e3,
+                    (time.thread_time() - thread) / args.steps * 1e3,
+                    (end.user + end.system - process.user - process.system) / args.steps * 1e3,
+                )
+            )
     per_rank = gather_objects(samples)
     if rank == 0:
         result = {
-            v: [{key: statistics.median(s[i] for s in ranks[v]) for i, key in
-                 enumerate(("wall_ms_per_step", "main_thread_cpu_ms_per_step", "process_cpu_ms_per_step"))}
-                for ranks in per_rank]
+            v: [
+                {
+                    key: statistics.median(s[i] for s in ranks[v])
+                    for i, key in enumerate(
+                        ("wall_ms_per_step", "main_thread_cpu_ms_per_step", "process_cpu_ms_per_step")
+                    )
+                }
+                for ranks in per_rank
+            ]
             for v in VARIANTS
         }
         slowest = {v: max(r["wall_ms_per_step"] for r in result[v]) for v in VARIANTS}

@@ -6,8 +6,8 @@ import math
 import sys
 
 import pytest
-
 from conftest import REPO, run
+
 from ddpbench.metrics import cores_available
 
 
@@ -17,16 +17,45 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
     w = 2 if cores >= 2 else 1  # at most two ranks, whatever the machine's size
     t = max(1, cores // w)
     out = tmp_path / "bench.json"
-    result = run([sys.executable, str(REPO / "bench" / "run.py"), "--data", str(synthetic_cache), "--reps", "1",
-                  "--epochs", "2", "--max-train-samples", "512", "--bound-steps", "3", "--max-world-size", str(w),
-                  "--out", str(out)], timeout=900)
+    result = run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--data",
+            str(synthetic_cache),
+            "--reps",
+            "1",
+            "--epochs",
+            "2",
+            "--max-train-samples",
+            "512",
+            "--bound-steps",
+            "3",
+            "--max-world-size",
+            str(w),
+            "--out",
+            str(out),
+        ],
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     bench = json.loads(out.read_text())
-    figures = {f"compute_bound_{cores}t", f"compute_bound_{cores}t_contiguous", "engine_ws1",
-               "per_sample_dataloader_ws1", "study_pipeline_ws1"}
+    figures = {
+        f"compute_bound_{cores}t",
+        f"compute_bound_{cores}t_contiguous",
+        "engine_ws1",
+        "per_sample_dataloader_ws1",
+        "study_pipeline_ws1",
+    }
     if w > 1:
-        figures |= {f"compute_bound_{t}t_x{w}_at_once", f"compute_bound_{t}t_x{w}_synchronised", f"engine_ws{w}",
-                    f"engine_ws{w}_shared_memory", f"allreduce_ws{w}", f"allreduce_shared_memory_ws{w}"}
+        figures |= {
+            f"compute_bound_{t}t_x{w}_at_once",
+            f"compute_bound_{t}t_x{w}_synchronised",
+            f"engine_ws{w}",
+            f"engine_ws{w}_shared_memory",
+            f"allreduce_ws{w}",
+            f"allreduce_shared_memory_ws{w}",
+        }
     assert figures <= set(bench["figures"])
 
     def median(name):
@@ -42,11 +71,14 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
     assert ratios["ws1_vs_study_pipeline"] == pytest.approx(median("engine_ws1") / median("study_pipeline_ws1"))
     if w > 1:
         assert ratios[f"ws{w}_vs_{w}x_compute_bound_{t}t"] == pytest.approx(
-            median(f"engine_ws{w}") / (w * median(f"compute_bound_{t}t")))
+            median(f"engine_ws{w}") / (w * median(f"compute_bound_{t}t"))
+        )
         assert ratios[f"ws{w}_vs_compute_bound_{t}t_x{w}_synchronised"] == pytest.approx(
-            median(f"engine_ws{w}") / median(f"compute_bound_{t}t_x{w}_synchronised"))
+            median(f"engine_ws{w}") / median(f"compute_bound_{t}t_x{w}_synchronised")
+        )
         # The default measures DDP's own all-reduce; ddpbench's shared-memory exchange is the comparison.
         assert ratios[f"ws{w}_shared_memory_vs_backend_allreduce"] == pytest.approx(
-            median(f"engine_ws{w}_shared_memory") / median(f"engine_ws{w}"))
+            median(f"engine_ws{w}_shared_memory") / median(f"engine_ws{w}")
+        )
         assert f"rss_increase_ws1_to_ws{w}_over_dataset" in ratios
     assert "ratios of medians:" in result.stdout  # the printed table

@@ -14,12 +14,15 @@ def options(**overrides) -> RunOptions:
     return RunOptions(data="cache", **overrides)
 
 
-@pytest.mark.parametrize("mode, scaling, world_size, per_rank, global_batch, lr", [
-    ("per_worker", "none", 4, 128, 512, 0.01),
-    ("per_worker", "linear", 4, 128, 512, 0.04),  # 512 / base 128 = 4
-    ("per_worker", "sqrt", 4, 128, 512, 0.02),  # sqrt(4) = 2
-    ("global", "linear", 4, 32, 128, 0.01),  # the global batch is the base: no change
-])
+@pytest.mark.parametrize(
+    "mode, scaling, world_size, per_rank, global_batch, lr",
+    [
+        ("per_worker", "none", 4, 128, 512, 0.01),
+        ("per_worker", "linear", 4, 128, 512, 0.04),  # 512 / base 128 = 4
+        ("per_worker", "sqrt", 4, 128, 512, 0.02),  # sqrt(4) = 2
+        ("global", "linear", 4, 32, 128, 0.01),  # the global batch is the base: no change
+    ],
+)
 def test_plan_splits_the_batch_and_scales_the_learning_rate(mode, scaling, world_size, per_rank, global_batch, lr):
     plan = plan_run(options(batch_size=128, batch_size_mode=mode, lr_scaling=scaling), world_size, "cpu", True)
     assert (plan.per_rank_batch_size, plan.global_batch_size) == (per_rank, global_batch)
@@ -36,14 +39,24 @@ def test_warm_up_ramps_linearly_then_holds():
     plan = Plan(per_rank_batch_size=128, global_batch_size=128, lr_effective=0.1, channels_last=True, allreduce="none")
     steps_per_epoch = 10  # two warm-up epochs: 20 steps
     assert [learning_rate(plan, 2, s, steps_per_epoch) for s in (0, 9, 19, 20, 50)] == pytest.approx(
-        [0.005, 0.05, 0.1, 0.1, 0.1])
+        [0.005, 0.05, 0.1, 0.1, 0.1]
+    )
     assert learning_rate(plan, 0, 0, steps_per_epoch) == 0.1
 
 
 def measure(train_s: float, exposed: float | None) -> EpochMeasure:
-    return EpochMeasure(loss_sum=300.0, correct=150.0, count=200.0, steps=4, lr=0.01, train_s=train_s, data_s=0.5,
-                        step_s=train_s - 1.0, comm_busy_s=None if exposed is None else 2 * exposed,
-                        comm_exposed_s=exposed)
+    return EpochMeasure(
+        loss_sum=300.0,
+        correct=150.0,
+        count=200.0,
+        steps=4,
+        lr=0.01,
+        train_s=train_s,
+        data_s=0.5,
+        step_s=train_s - 1.0,
+        comm_busy_s=None if exposed is None else 2 * exposed,
+        comm_exposed_s=exposed,
+    )
 
 
 def test_epoch_record_derives_means_and_compute_time():
@@ -57,8 +70,10 @@ def test_epoch_record_derives_means_and_compute_time():
 
 
 def test_run_totals_sum_epochs_and_keep_unknowns_unknown():
-    epochs = [epoch_record(1, measure(10.0, 1.0), (1.0, 50.0), 2.0, 12.0, 10.0),
-              epoch_record(2, measure(6.0, 0.5), (0.8, 66.0), 2.0, 20.0, 6.0)]
+    epochs = [
+        epoch_record(1, measure(10.0, 1.0), (1.0, 50.0), 2.0, 12.0, 10.0),
+        epoch_record(2, measure(6.0, 0.5), (0.8, 66.0), 2.0, 20.0, 6.0),
+    ]
     totals = run_totals(epochs, loop_s=20.0, time_to_target=20.0)
     assert totals["train_time_s"] == 16.0 and totals["images"] == 400
     assert totals["throughput_img_s"] == 25.0 and totals["comm_exposed_time_s"] == 1.5

@@ -12,7 +12,6 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import SHARED_DATA
 from test_workflow import copy_repo, snakemake, write_config
 
@@ -26,8 +25,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     out = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
-    subprocess.run([sys.executable, str(BUILDER), str(out)], check=True, capture_output=True, timeout=600,
-                   cwd=SHARED_DATA)
+    subprocess.run(
+        [sys.executable, str(BUILDER), str(out)], check=True, capture_output=True, timeout=600, cwd=SHARED_DATA
+    )
     return out, hashlib.md5(out.read_bytes()).hexdigest()
 
 
@@ -48,11 +48,15 @@ def server(archive):
 
 def test_short_grid_on_real_cifar10(tmp_path, archive, server):
     copy_repo(tmp_path)
-    config = write_config(tmp_path, "real.yaml", {
-        "data": {"source": "cifar10", "url": server, "md5": archive[1]},
-        "grid": {"world_sizes": [1, 2], "seeds": [0]},
-        "train": {"epochs": 1, "max_train_samples": 8192},
-    })
+    config = write_config(
+        tmp_path,
+        "real.yaml",
+        {
+            "data": {"source": "cifar10", "url": server, "md5": archive[1]},
+            "grid": {"world_sizes": [1, 2], "seeds": [0]},
+            "train": {"epochs": 1, "max_train_samples": 8192},
+        },
+    )
     result = snakemake(tmp_path, "--configfile", config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert hashlib.md5((tmp_path / "resources/cifar-10-python.tar.gz").read_bytes()).hexdigest() == archive[1]
@@ -68,8 +72,9 @@ def test_short_grid_on_real_cifar10(tmp_path, archive, server):
 
 def test_wrong_md5_stops_before_training(tmp_path, server):
     copy_repo(tmp_path)
-    config = write_config(tmp_path, "wrong.yaml", {"data": {"url": server, "md5": "0" * 32},
-                                                   "grid": {"world_sizes": [1], "seeds": [0]}})
+    config = write_config(
+        tmp_path, "wrong.yaml", {"data": {"url": server, "md5": "0" * 32}, "grid": {"world_sizes": [1], "seeds": [0]}}
+    )
     result = snakemake(tmp_path, "--configfile", config)
     assert result.returncode != 0
     log = (tmp_path / "logs/data/download_cifar10.log").read_text()

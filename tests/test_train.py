@@ -11,10 +11,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from conftest import RUN_SCHEMA, child_env, run, torchrun_cmd
 
-EPOCH_LINE = re.compile(r"^Epoch \[(\d+)/(\d+)\] \| Loss: [\d.]+ \| Train Acc: [\d.]+% \| Test Acc: ([\d.]+)% \| Time: [\d.]+s$", re.M)
+EPOCH_LINE = re.compile(
+    r"^Epoch \[(\d+)/(\d+)\] \| Loss: [\d.]+ \| Train Acc: [\d.]+% \| Test Acc: ([\d.]+)% \| Time: [\d.]+s$", re.M
+)
 
 
 def test_two_rank_run_writes_a_valid_result(synthetic_cache, tmp_path):
@@ -44,8 +45,20 @@ def test_shared_memory_allreduce_matches_gloo_bit_for_bit(synthetic_cache, tmp_p
     epochs = {}
     for allreduce in ("backend", "shared_memory"):
         out = tmp_path / f"{allreduce}.json"
-        result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "2",
-                                  "--allreduce", allreduce, "--quiet"))
+        result = run(
+            torchrun_cmd(
+                2,
+                "--data",
+                str(synthetic_cache),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--allreduce",
+                allreduce,
+                "--quiet",
+            )
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         run_json = json.loads(out.read_text())
         assert run_json["config"]["allreduce"] == allreduce
@@ -58,11 +71,27 @@ def test_shared_memory_allreduce_matches_gloo_bit_for_bit(synthetic_cache, tmp_p
 def test_ddp_settings_shape_the_buckets_and_the_bytes_sent(synthetic_cache, tmp_path):
     """bucket_cap_mb changes the buckets DDP builds; the fp16 hook halves the bytes each step sends."""
     ddp = {}
-    for name, options in {"default": [], "small_buckets": ["--bucket-cap-mb", "1"],
-                          "fp16": ["--comm-hook", "fp16", "--static-graph", "true"]}.items():
+    for name, options in {
+        "default": [],
+        "small_buckets": ["--bucket-cap-mb", "1"],
+        "fp16": ["--comm-hook", "fp16", "--static-graph", "true"],
+    }.items():
         out = tmp_path / f"{name}.json"
-        result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "1",
-                                  "--max-train-samples", "1024", "--quiet", *options))
+        result = run(
+            torchrun_cmd(
+                2,
+                "--data",
+                str(synthetic_cache),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "1024",
+                "--quiet",
+                *options,
+            )
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         run_json = json.loads(out.read_text())
         ddp[name] = run_json["ddp"]
@@ -139,8 +168,20 @@ def test_same_seed_same_result_and_quiet(synthetic_cache, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"run{i}.json"
-        result = run(torchrun_cmd(1, "--data", str(synthetic_cache), "--out", str(out), "--epochs", "1",
-                                  "--max-train-samples", "512", "--quiet"))
+        result = run(
+            torchrun_cmd(
+                1,
+                "--data",
+                str(synthetic_cache),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "512",
+                "--quiet",
+            )
+        )
         assert result.returncode == 0, result.stderr
         assert "Epoch" not in result.stdout
         outs.append(json.loads(out.read_text())["epochs"][0])
@@ -149,8 +190,9 @@ def test_same_seed_same_result_and_quiet(synthetic_cache, tmp_path):
 
 
 def test_verbose_lines_name_rank_and_pid(synthetic_cache, tmp_path):
-    result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--epochs", "1", "--max-train-samples", "256",
-                              "--verbose"))
+    result = run(
+        torchrun_cmd(2, "--data", str(synthetic_cache), "--epochs", "1", "--max-train-samples", "256", "--verbose")
+    )
     assert result.returncode == 0, result.stderr
     for rank in (0, 1):
         assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ rank {rank} pid \d+ ", result.stdout, re.M)
@@ -158,16 +200,30 @@ def test_verbose_lines_name_rank_and_pid(synthetic_cache, tmp_path):
 
 def test_bad_global_batch_is_a_clear_error(synthetic_cache, tmp_path):
     out = tmp_path / "run.json"
-    result = run(torchrun_cmd(2, "--data", str(synthetic_cache), "--out", str(out), "--batch-size", "127",
-                              "--batch-size-mode", "global"))
+    result = run(
+        torchrun_cmd(
+            2, "--data", str(synthetic_cache), "--out", str(out), "--batch-size", "127", "--batch-size-mode", "global"
+        )
+    )
     assert result.returncode != 0
     assert "not divisible by world size 2" in result.stdout + result.stderr
     assert not out.exists()
 
 
 def _start_long_run(cache: Path, out: Path, timeout_s: int, allreduce: str) -> subprocess.Popen:
-    cmd = torchrun_cmd(2, "--data", str(cache), "--out", str(out), "--epochs", "200", "--timeout", str(timeout_s),
-                       "--allreduce", allreduce)
+    cmd = torchrun_cmd(
+        2,
+        "--data",
+        str(cache),
+        "--out",
+        str(out),
+        "--epochs",
+        "200",
+        "--timeout",
+        str(timeout_s),
+        "--allreduce",
+        allreduce,
+    )
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
 
 

@@ -229,8 +229,10 @@ class SharedMemoryAllReduce:
         """Average ``tensors`` (float32, at most ``numel`` elements in all) over the ranks, in place."""
         total = sum(t.numel() for t in tensors)
         if total > self.numel or any(t.dtype != self.slots.dtype for t in tensors):
-            raise ValueError(f"{total} gradient elements of {sorted({str(t.dtype) for t in tensors})} do not fit "
-                             f"a segment of {self.numel} {self.slots.dtype}")
+            raise ValueError(
+                f"{total} gradient elements of {sorted({str(t.dtype) for t in tensors})} do not fit "
+                f"a segment of {self.numel} {self.slots.dtype}"
+            )
         slots = self.slots[self.calls % 2]
         self.calls += 1
         mine, offset = slots[self.rank], 0

@@ -61,8 +61,17 @@ def init_distributed(device: str, threads_per_worker: int | str, timeout: float)
         timeout=timedelta(seconds=timeout),
         device_id=torch_device if torch_device.type == "cuda" else None,
     )
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size, torch_device, backend, threads,
-                pinned, cores)
+    return Dist(
+        dist.get_rank(),
+        dist.get_world_size(),
+        local_rank,
+        local_world_size,
+        torch_device,
+        backend,
+        threads,
+        pinned,
+        cores,
+    )
 
 
 def job_cpus(cores: int) -> int:
