@@ -35,6 +35,10 @@ def load_cluster_fixtures():
 _fx = load_cluster_fixtures()
 netns_pair = _fx.netns_pair
 slurm_cluster = _fx.slurm_cluster
+# Both ways a real cluster binds a job to its CPUs (cgroup: where this machine lets slurmd make cgroups).
+on_both_task_plugins = pytest.mark.parametrize("slurm_cluster", _fx.TASK_PLUGINS, indirect=True)
+# Binding shows only where a job can be given fewer CPUs than the node has.
+two_cpus = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the SLURM node needs 2 CPUs to show CPU binding")
 
 EPOCHS = 2
 RDZV_PORT = 29400  # inside a fresh namespace nothing else listens, so a fixed port is safe
@@ -44,8 +48,23 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # no PATH lookup ins
 def train_args(data: Path, out: Path) -> list[str]:
     # One thread per rank in both launches: intra-op threading may change how kernels
     # split their reductions, and the comparison below is meant to see only DDP itself.
-    return ["-m", "ddpbench.train", "--data", str(data), "--out", str(out), "--epochs", str(EPOCHS),
-            "--seed", "0", "--threads-per-worker", "1", "--timeout", "60", "--quiet"]
+    return [
+        "-m",
+        "ddpbench.train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        "--seed",
+        "0",
+        "--threads-per-worker",
+        "1",
+        "--timeout",
+        "60",
+        "--quiet",
+    ]
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -65,8 +84,7 @@ def _wait_all(procs: dict[str, subprocess.Popen], logs: dict[str, Path], timeout
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        pytest.fail(f"launch timed out after {timeout}s\n" +
-                    "\n".join(f"--- {n}\n{_tail(p)}" for n, p in logs.items()))
+        pytest.fail(f"launch timed out after {timeout}s\n" + "\n".join(f"--- {n}\n{_tail(p)}" for n, p in logs.items()))
     return codes
 
 
@@ -78,9 +96,13 @@ def test_ddp_across_two_network_namespaces(netns_pair, synthetic_cache, tmp_path
     # Reference: one node, two ranks, torchrun's own rendezvous.
     ref_json, ref_log = tmp_path / "single.json", tmp_path / "single.log"
     with ref_log.open("w") as log:
-        ref = subprocess.Popen([*TORCHRUN, "--standalone", "--nproc-per-node", "2",
-                                *train_args(synthetic_cache, ref_json)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        ref = subprocess.Popen(
+            [*TORCHRUN, "--standalone", "--nproc-per-node", "2", *train_args(synthetic_cache, ref_json)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     assert _wait_all({"single": ref}, {"single": ref_log}, timeout=300) == {"single": 0}, _tail(ref_log)
 
     # Two "nodes": one torchrun agent per namespace, one rank each, c10d rendezvous on
@@ -95,16 +117,29 @@ def test_ddp_across_two_network_namespaces(netns_pair, synthetic_cache, tmp_path
     procs, logs = {}, {}
     for node, ns, addr in (("a", netns_pair.ns_a, netns_pair.addr_a), ("b", netns_pair.ns_b, netns_pair.addr_b)):
         logs[node] = tmp_path / f"node-{node}.log"
-        cmd = [*netns_pair.exec_prefix(ns, GLOO_SOCKET_IFNAME=netns_pair.ifname),
-               *TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{netns_pair.addr_a}:{RDZV_PORT}",
-               "--rdzv-id", f"ddpb-netns-{os.getpid()}",
-               "--rdzv-conf", f"is_host={int(node == 'a')},join_timeout=60",
-               "--local-addr", addr, "--max-restarts", "0",
-               *train_args(synthetic_cache, multi_json)]
+        cmd = [
+            *netns_pair.exec_prefix(ns, GLOO_SOCKET_IFNAME=netns_pair.ifname),
+            *TORCHRUN,
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"{netns_pair.addr_a}:{RDZV_PORT}",
+            "--rdzv-id",
+            f"ddpb-netns-{os.getpid()}",
+            "--rdzv-conf",
+            f"is_host={int(node == 'a')},join_timeout=60",
+            "--local-addr",
+            addr,
+            "--max-restarts",
+            "0",
+            *train_args(synthetic_cache, multi_json),
+        ]
         with logs[node].open("w") as log:
-            procs[node] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
+            procs[node] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     codes = _wait_all(procs, logs, timeout=300)
     assert codes == {"a": 0, "b": 0}, "\n".join(f"--- node {n}\n{_tail(p)}" for n, p in logs.items())
     assert multi_json.exists(), _tail(logs["a"])
@@ -125,61 +160,129 @@ def test_ddp_across_two_network_namespaces(netns_pair, synthetic_cache, tmp_path
     # scales the reduction differently; a real desync (a rank skipping a sync) moves the
     # epoch losses by ~1e-3 or more. Accuracy is a count of correct images: exact.
     assert len(multi["epochs"]) == len(single["epochs"]) == EPOCHS
-    for m, s in zip(multi["epochs"], single["epochs"]):
+    for m, s in zip(multi["epochs"], single["epochs"], strict=True):
         assert m["train_loss"] == pytest.approx(s["train_loss"], rel=1e-6)
         assert m["test_loss"] == pytest.approx(s["test_loss"], rel=1e-6)
         assert m["test_acc"] == s["test_acc"]
 
 
-def test_slurm_cluster_runs_a_step(slurm_cluster):
+@two_cpus
+@on_both_task_plugins
+def test_slurm_cluster_runs_a_step(slurm_cluster, tmp_path):
     out = slurm_cluster.run("srun", "-N1", "-n1", "hostname").stdout.strip()
     assert out == socket.gethostname()
 
+    # Jobs see only the CPUs they were given, as on real clusters: the batch script (where the
+    # Snakemake SLURM executor re-evaluates the Snakefile) and a step of a one-CPU job alike.
+    affinity = "import os; print(sorted(os.sched_getaffinity(0)))"
+    script = tmp_path / "affinity.out"
+    slurm_cluster.run(
+        "sbatch",
+        "--wait",
+        "-c1",
+        "-o",
+        str(script),
+        "--wrap",
+        f"python3 -c '{affinity}'; srun -c1 python3 -c '{affinity}'",
+    )
+    batch, step = script.read_text().split()
+    assert batch == step and len(json.loads(batch)) == 1, script.read_text()
+    if slurm_cluster.task_plugin == "cgroup":
+        # A cpuset cgroup, not just a mask: a job cannot move itself onto cores it was not given.
+        to_other_cores = "import os; os.sched_setaffinity(0, set(range(os.cpu_count())) - os.sched_getaffinity(0))"
+        escape = slurm_cluster.run("srun", "-c1", "python3", "-c", to_other_cores, check=False)
+        assert escape.returncode != 0 and "Invalid argument" in escape.stderr, escape.stderr
+
     # What a multi-node train rule relies on to pick the rendezvous host: the job's node
     # list, expanded inside a step (NodeName is `hostname -s`).
-    head = slurm_cluster.run("srun", "-N1", "-n1", "bash", "-c",
-                             'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1').stdout.strip()
+    head = slurm_cluster.run(
+        "srun", "-N1", "-n1", "bash", "-c", 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1'
+    ).stdout.strip()
     assert head == socket.gethostname().split(".")[0]
 
     # profiles/slurm polls job state with squeue (there is no accounting, so no sacct).
     slurm_cluster.run("squeue", "-h")
 
 
+def failed_slurm_jobs(workdir: Path) -> str:
+    """The end of every SLURM job log that reports an error: what went wrong inside a job (such
+    as the Snakefile failing to load on the node) is only there, not in Snakemake's output."""
+    logs = sorted((workdir / ".snakemake" / "slurm_logs").glob("**/*.log"))
+    return "\n".join(f"--- {log.relative_to(workdir)}\n{_tail(log, 12)}" for log in logs if "Error" in log.read_text())
+
+
+def assert_ran_on_its_allocation(run: dict) -> None:
+    """A one-node run of W ranks x 1 thread: its job was given W CPUs and saw only those, and
+    each rank ran one thread pinned to its own core among them."""
+    world_size = run["config"]["world_size"]
+    assert run["config"]["threads_per_worker"] == run["environment"]["threads_per_rank"] == 1
+    assert run["environment"]["cores_available"] == world_size  # the allocation, not the node's CPUs
+    affinities = [rank["cpu_affinity"] for rank in run["ranks"]]
+    assert all(a is not None and len(a) == 1 for a in affinities), affinities
+    cores = {core for a in affinities for core in a}
+    assert len(cores) == world_size and cores <= set(range(os.cpu_count())), affinities
+
+
+@two_cpus
+@on_both_task_plugins
 def test_workflow_through_the_slurm_executor(slurm_cluster, tmp_path):
     """`snakemake --profile profiles/slurm` on synthetic data: a failing job is reported while
-    the others finish (--keep-going), then the grid completes with the same outputs as locally."""
+    the others finish (--keep-going), then the grid completes with the same outputs as locally.
+
+    The node has 2 CPUs and jobs are bound to theirs, so the one-CPU jobs (data, ws1 runs, the
+    report) re-evaluate the Snakefile where only one core is visible: a world size 2 grid must
+    still be accepted there."""
     from test_workflow import copy_repo, write_config
 
     copy_repo(tmp_path)
-    base = {"data": {"source": "synthetic", "synthetic": {"train_size": 512, "test_size": 128}},
-            "grid": {"world_sizes": [1, 2], "seeds": [0], "batch_sizes": [128]},
-            "train": {"epochs": 1, "batch_size_mode": "global"}}
+    base = {
+        "data": {"source": "synthetic", "synthetic": {"train_size": 512, "test_size": 128}},
+        "grid": {"world_sizes": [1, 2], "seeds": [0], "batch_sizes": [128]},
+        "train": {"epochs": 1, "batch_size_mode": "global", "threads_per_worker": 1},
+    }
     # Batch 127 cannot be split over 2 ranks: that one job fails, its three siblings finish.
     failing = write_config(tmp_path, "failing.yaml", {**base, "grid": {**base["grid"], "batch_sizes": [128, 127]}})
-    snakemake = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/slurm",
-                 *slurm_cluster.snakemake_args]
+    snakemake = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--profile",
+        "profiles/slurm",
+        *slurm_cluster.snakemake_args,
+    ]
 
     def run_snakemake(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*snakemake, *args], cwd=tmp_path, env=slurm_cluster.env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [*snakemake, *args], cwd=tmp_path, env=slurm_cluster.env, capture_output=True, text=True, timeout=600
+        )
 
     result = run_snakemake("--configfile", failing, "--keep-going")
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert re.search(r"Error in rule train:.*?ws2_bs127_seed0", output, re.S), output[-4000:]
+    failed = re.search(r"Error in rule train:.*?ws2_bs127_seed0", output, re.S)
+    assert failed, output[-3000:] + failed_slurm_jobs(tmp_path)
     runs = tmp_path / "results" / "runs"
     assert sorted(p.name for p in runs.glob("*.json")) == [
-        "ws1_bs127_seed0.json", "ws1_bs128_seed0.json", "ws2_bs128_seed0.json"]
+        "ws1_bs127_seed0.json",
+        "ws1_bs128_seed0.json",
+        "ws2_bs128_seed0.json",
+    ]
     assert "not divisible by world size 2" in (tmp_path / "logs/train/ws2_bs127_seed0.log").read_text()
 
     good = write_config(tmp_path, "good.yaml", base)
     result = run_snakemake("--configfile", good)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    for path in ("results/summary.csv", "results/summary.json", "results/report.html", "results/plots/speedup.svg",
-                 "benchmarks/train/ws2_bs128_seed0.tsv", "logs/train/ws2_bs128_seed0.log"):
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:] + failed_slurm_jobs(tmp_path)
+    for path in (
+        "results/summary.csv",
+        "results/summary.json",
+        "results/report.html",
+        "results/plots/speedup.svg",
+        "benchmarks/train/ws2_bs128_seed0.tsv",
+        "logs/train/ws2_bs128_seed0.log",
+    ):
         assert (tmp_path / path).is_file(), path
     run = json.loads((runs / "ws2_bs128_seed0.json").read_text())
     assert run["config"]["world_size"] == 2 and run["config"]["nnodes"] == 1
+    for name in ("ws1_bs128_seed0", "ws1_bs127_seed0", "ws2_bs128_seed0"):
+        assert_ran_on_its_allocation(json.loads((runs / f"{name}.json").read_text()))
     summary = json.loads((tmp_path / "results/summary.json").read_text())
     assert [row["world_size"] for row in summary["rows"]] == [1, 2]
     assert "Nothing to be done" in (run_snakemake("--configfile", good).stderr)

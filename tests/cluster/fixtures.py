@@ -11,10 +11,14 @@ binaries missing, network namespaces not permitted); a cluster that is there but
 to start is a test error, with the daemons' log tails in the message.
 
 * ``slurm_cluster`` (module scope): a one-node SLURM cluster started by
-  tests/cluster/slurm.sh in a temporary directory and stopped at teardown. Run client
-  tools with ``cluster.env`` (it carries SLURM_CONF and puts this venv first on PATH, so
-  jobs find torchrun and snakemake); ``cluster.snakemake_args`` are the flags a
-  workflow test needs on top of ``--workflow-profile profiles/slurm``.
+  tests/cluster/slurm.sh in a temporary directory and stopped at teardown. Its jobs are
+  bound to their CPUs, as on real clusters: by task/affinity, or with
+  ``@pytest.mark.parametrize("slurm_cluster", TASK_PLUGINS, indirect=True)`` also by
+  task/cgroup (skipped where cgroups cannot be made). Pytest keeps one instance alive at a
+  time, so the two configurations never run at once. Run client tools with
+  ``cluster.env`` (it carries SLURM_CONF and puts this venv first on PATH, so jobs find
+  torchrun and snakemake); ``cluster.snakemake_args`` are the flags a workflow test needs
+  on top of ``--workflow-profile profiles/slurm``.
 * ``netns_pair`` (function scope): network namespaces PREFIX-a / PREFIX-b joined by a
   veth pair (tests/cluster/netns.sh); traffic stays inside them.
 """
@@ -37,6 +41,9 @@ SLURM_SH = HERE / "slurm.sh"
 NETNS_SH = HERE / "netns.sh"
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 UNSUPPORTED = 3  # exit status of slurm.sh / netns.sh: "cannot run here", i.e. skip
+
+# SLURM_TASK_PLUGIN values of slurm.sh: how jobs are bound to the CPUs they were allocated.
+TASK_PLUGINS = ("affinity", "cgroup")
 
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "squeue", "scontrol", "scancel")
 
@@ -68,6 +75,7 @@ def _tail(text: str, lines: int = 60) -> str:
 class SlurmCluster:
     statedir: Path
     conf: Path
+    task_plugin: str  # one of TASK_PLUGINS
     env: dict = field(repr=False)
     # Flags for `snakemake --workflow-profile profiles/slurm ...` against this cluster: the
     # first status check after 2 s instead of 40 s (MinJobAge=300 keeps squeue reliable).
@@ -102,28 +110,36 @@ def _slurm_statedir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(request, tmp_path_factory):
+    task_plugin = getattr(request, "param", "affinity")
     if not is_root():
         pytest.skip("SLURM test cluster needs root (slurmd and munged run as root)")
     missing = missing_binaries(SLURM_BINARIES)
     if missing:
-        pytest.skip(f"SLURM/munge binaries missing: {', '.join(missing)} "
-                    "(apt-get install slurmctld slurmd slurm-client munge)")
+        pytest.skip(
+            f"SLURM/munge binaries missing: {', '.join(missing)} (apt-get install slurmctld slurmd slurm-client munge)"
+        )
     statedir = _slurm_statedir(tmp_path_factory)
-    start = subprocess.run(["bash", str(SLURM_SH), "start", str(statedir)],
-                           capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        ["bash", str(SLURM_SH), "start", str(statedir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "SLURM_TASK_PLUGIN": task_plugin},
+    )
     if start.returncode == UNSUPPORTED:
         pytest.skip(f"slurm.sh cannot run here: {start.stderr.strip()}")
     if start.returncode != 0:
         subprocess.run(["bash", str(SLURM_SH), "stop", str(statedir)], capture_output=True, timeout=60)
         pytest.fail(f"slurm.sh start failed ({start.returncode}):\n{_tail(start.stderr, 120)}")
     conf = statedir / "slurm.conf"
-    cluster = SlurmCluster(statedir=statedir, conf=conf, env=venv_env(SLURM_CONF=str(conf)))
+    cluster = SlurmCluster(statedir=statedir, conf=conf, task_plugin=task_plugin, env=venv_env(SLURM_CONF=str(conf)))
     try:
         yield cluster
     finally:
-        stop = subprocess.run(["bash", str(SLURM_SH), "stop", str(statedir)],
-                              capture_output=True, text=True, timeout=120)
+        stop = subprocess.run(
+            ["bash", str(SLURM_SH), "stop", str(statedir)], capture_output=True, text=True, timeout=120
+        )
         if stop.returncode != 0:
             print(f"slurm.sh stop failed ({stop.returncode}): {stop.stderr}", file=sys.stderr)
 

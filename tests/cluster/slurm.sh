@@ -22,8 +22,24 @@
 #
 # Choices, and why:
 #   * runs as root (SlurmUser=root): daemons need it to switch to the job's user;
-#   * ProctrackType=proctrack/linuxproc, TaskPlugin=task/none: no cgroups (this works
-#     in sandboxes where cgroup plugins do not), so no cgroup.conf is written;
+#   * jobs are bound to their CPUs, as on real clusters: a job, its batch script and its
+#     steps see only the CPUs they were allocated (`srun -c1 nproc` prints 1, and
+#     os.sched_getaffinity agrees). `start` checks this. SLURM_TASK_PLUGIN picks how:
+#       affinity (default)  TaskPlugin=task/affinity: sched_setaffinity masks, no cgroups,
+#                           so it works in any sandbox. A process may widen its own mask
+#                           again (nothing enforces it), so code that pins threads past its
+#                           allocation is not caught here, only by what it records.
+#       cgroup              TaskPlugin=task/cgroup,task/affinity with ConstrainCores=yes:
+#                           the allocation is a cpuset cgroup, and sched_setaffinity outside
+#                           it fails (EINVAL), as on most production clusters. Needs a
+#                           writable cgroup v1 cpuset hierarchy (/sys/fs/cgroup/cpuset);
+#                           elsewhere `start` exits 3 (skip). Not offered on cgroup v2: Slurm
+#                           22.05's cgroup/v2 wants systemd (dbus) to create slurmd's scope,
+#                           or IgnoreSystemd=yes plus a cpuset controller delegated to the
+#                           container, and no machine here had either to check it on.
+#                           `stop` removes the slurm_HOST cpuset it leaves behind.
+#   * ProctrackType=proctrack/linuxproc in both: process tracking needs no cgroup (the
+#     cgroup variant only constrains cores; RAM and devices stay unconstrained);
 #   * AccountingStorageType=none: no slurmdbd. `sacct` then fails, so the Snakemake
 #     SLURM plugin must be told `--slurm-status-command squeue` (profiles/slurm);
 #   * MinJobAge=300: finished jobs stay visible to `squeue` for 5 minutes. The plugin
@@ -39,23 +55,31 @@
 #
 # Ports: SLURMCTLD_PORT / SLURMD_PORT (default 6817 / 6818; when taken, free ports are
 # chosen, so two clusters on one machine do not collide). Timeout for `start`:
-# SLURM_START_TIMEOUT seconds (default 60).
+# SLURM_START_TIMEOUT seconds (default 60). A running cluster configured with another
+# SLURM_TASK_PLUGIN is restarted by `start`.
 #
 # Exit codes: 0 ok; 2 usage; 3 not root or binaries missing (callers should skip);
 # 1 anything else (the relevant log tails are printed to stderr).
 set -euo pipefail
 
 START_TIMEOUT=${SLURM_START_TIMEOUT:-60}
+TASK_PLUGIN=${SLURM_TASK_PLUGIN:-affinity}
+CGROUP_V1=/sys/fs/cgroup
 
 usage() {
     echo "usage: $0 {start|stop|status|env} STATEDIR" >&2
     exit 2
 }
 [[ $# -eq 2 ]] || usage
+[[ $TASK_PLUGIN == affinity || $TASK_PLUGIN == cgroup ]] || {
+    echo "$0: SLURM_TASK_PLUGIN must be 'affinity' or 'cgroup', not '$TASK_PLUGIN'" >&2
+    exit 2
+}
 cmd=$1
 S=$(realpath -m -- "$2")
 
 CONF="$S/slurm.conf"
+CGROUP_CONF="$S/cgroup.conf" # read from slurm.conf's directory
 LOGDIR="$S/log"
 MUNGEDIR="$S/munge"
 PIDDIR="$S/run"
@@ -140,8 +164,52 @@ free_port() { # preferred port -> it, if free, else any free port
     fi
 }
 
+task_plugin_line() { # the TaskPlugin= line for SLURM_TASK_PLUGIN
+    case $TASK_PLUGIN in
+        affinity) echo "TaskPlugin=task/affinity" ;;
+        cgroup) echo "TaskPlugin=task/cgroup,task/affinity" ;;
+    esac
+}
+
+check_cgroup_v1_cpuset() { # exit 3 (skip) unless slurmd can make cpuset cgroups here
+    local probe="$CGROUP_V1/cpuset/ddpbench-probe-$$"
+    [[ ! -e /sys/fs/cgroup/cgroup.controllers ]] ||
+        unsupported "SLURM_TASK_PLUGIN=cgroup: this host has cgroup v2 only (see the comment at the top of $0)"
+    [[ -e $CGROUP_V1/cpuset/cpuset.cpus ]] ||
+        unsupported "SLURM_TASK_PLUGIN=cgroup: no cgroup v1 cpuset hierarchy at $CGROUP_V1/cpuset"
+    mkdir "$probe" 2>/dev/null ||
+        unsupported "SLURM_TASK_PLUGIN=cgroup: cannot create cgroups in $CGROUP_V1/cpuset (read-only in this container?)"
+    rmdir "$probe"
+}
+
+write_cgroup_conf() {
+    cat >"$CGROUP_CONF" <<EOF
+# Written by tests/cluster/slurm.sh (SLURM_TASK_PLUGIN=cgroup). Do not edit.
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=$CGROUP_V1
+ConstrainCores=yes
+ConstrainRAMSpace=no
+ConstrainSwapSpace=no
+ConstrainDevices=no
+EOF
+}
+
+remove_slurm_cgroups() { # the empty cpuset tree task/cgroup leaves after its last job
+    local top
+    top="$CGROUP_V1/cpuset/slurm_$(hostname -s)"
+    [[ -d $top ]] || return 0
+    # cgroup directories hold only kernel files: rmdir works once no task is left inside.
+    find "$top" -depth -type d -exec rmdir {} + 2>/dev/null ||
+        log "warning: could not remove $top (a job step still inside it?)"
+}
+
 write_config() {
     local host node_line ctld_port d_port
+    rm -f "$CGROUP_CONF"
+    if [[ $TASK_PLUGIN == cgroup ]]; then
+        check_cgroup_v1_cpuset
+        write_cgroup_conf
+    fi
     host=$(hostname -s)
     # `slurmd -C` prints the node's real topology; keep only the first line.
     node_line=$(slurmd -C 2>/dev/null | head -n 1) || true
@@ -174,7 +242,7 @@ SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig=$S/plugstack.conf
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$(task_plugin_line)
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -272,6 +340,9 @@ smoke_test() {
         fail "'srun -N1 -n1 hostname' failed"
     fi
     [[ $out == "$(hostname)"* ]] || fail "'srun hostname' printed '$out'"
+    # Jobs must see only their allocation: this is what the cluster is for.
+    out=$(timeout 30 srun -N1 -n1 -c1 --quiet nproc 2>&1) || fail "'srun -c1 nproc' failed: $out"
+    [[ $out == 1 ]] || fail "'srun -c1 nproc' printed '$out': jobs are not bound to their CPUs ($(task_plugin_line))"
 }
 
 link_runconf() {
@@ -302,7 +373,8 @@ cmd_start() {
     chmod 0755 "$S" "$PIDDIR"
     mkdir -p "$MUNGEDIR"
     chmod 0700 "$MUNGEDIR"
-    if alive munged && alive slurmctld && alive slurmd && [[ -s $CONF ]]; then
+    if alive munged && alive slurmctld && alive slurmd && [[ -s $CONF ]] &&
+        grep -qxF "$(task_plugin_line)" "$CONF"; then
         log "already running in $S"
     else
         # Partial leftovers (crash, killed test): start from a clean slate, but keep
@@ -356,6 +428,7 @@ stop_daemons() { # [quiet]
     fi
     # Each takes ~2 s to exit; none needs the others to shut down cleanly.
     stop_pids slurmd slurmctld munged
+    [[ ! -s $CGROUP_CONF ]] || remove_slurm_cgroups
     rm -f "$PIDDIR"/*.pid "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
     unlink_runconf
     [[ ${1:-} == quiet ]] || log "stopped cluster in $S"
