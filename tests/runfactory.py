@@ -30,12 +30,26 @@ def make_run(
     model: str = "simple_cnn",
     train_time: float | None = None,
     lock_wait: float | None = None,
+    variant: str | None = None,
+    throughput_factor: float = 1.0,
+    acc_offset: float = 0.0,
+    config_overrides: dict | None = None,
+    threads: int | None = None,
+    slot: int = 0,
 ) -> dict:
     """A plausible run: Amdahl-like times (serial fraction 0.15) with a per-run jitter, accuracy falling
     with the world size. ``train_time`` sets the run's total training time exactly; ``lock_wait``
-    records a wait for the host-wide timing lock (environment.timing_lock)."""
+    records a wait for the host-wide timing lock (environment.timing_lock).
+
+    For a variant's run: ``throughput_factor`` divides the training time (of the jittered default too),
+    ``acc_offset`` adds to every epoch's test accuracy, ``config_overrides`` are the options the variant
+    changed as the run records them (e.g. {"comm_hook": "fp16"}), ``variant`` puts it in that folder and
+    ``slot`` moves its timestamps so that runs of different variants do not overlap. ``threads`` fixes
+    the threads per worker (default: 8 cores split among the ranks)."""
     if train_time is None:
-        train_time = 20.0 * jitter(ws, bs, seed) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+        key = (ws, bs, seed, variant) if variant else (ws, bs, seed)  # the same jitter as before variants
+        train_time = 20.0 * jitter(*key) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
+    train_time /= throughput_factor
     train_total = train_time
     images = 2048
     records, elapsed, time_to_target = [], 0.0, None
@@ -43,7 +57,7 @@ def make_run(
         train = train_total / epochs
         data, step = 0.02 * train, 0.96 * train
         exposed = step * (0.02 + (0.06 if ws > 1 else 0.0))
-        acc = 30.0 + 10.0 * e - 2.0 * math.log2(ws) + seed
+        acc = 30.0 + 10.0 * e - 2.0 * math.log2(ws) + seed + acc_offset
         elapsed += train + 0.5
         if time_to_target is None and acc >= 50.0:
             time_to_target = elapsed
@@ -73,13 +87,14 @@ def make_run(
     def total(key):
         return sum(r[key] for r in records)
 
-    threads = max(1, 8 // ws)
+    threads = threads or max(1, 8 // ws)
+    folder = f"results/runs/{variant}/" if variant else "results/runs/"
     return {
         "schema_version": 2,
         "status": "ok",
         "config": {
             "data": "resources/cifar10",
-            "out": f"results/runs/ws{ws}_bs{bs}_seed{seed}.json",
+            "out": f"{folder}ws{ws}_bs{bs}_seed{seed}.json",
             "model": model,
             "epochs": epochs,
             "batch_size": bs,
@@ -109,6 +124,7 @@ def make_run(
             "target_accuracy": 50.0,
             "timeout": 120.0,
             "eval_batch_size": 500,
+            **(config_overrides or {}),
         },
         "model": {"name": model, "parameters": 1147914},
         "dataset": {
@@ -179,23 +195,32 @@ def make_run(
         },
         # One after the other, as the workflow runs them: two minutes apart, one minute long.
         "timestamps": {
-            "started_utc": _stamp(2 * (100 * ws + bs + seed)),
-            "finished_utc": _stamp(2 * (100 * ws + bs + seed) + 1),
+            "started_utc": _stamp(2 * (100 * ws + bs + seed) + 4000 * slot),
+            "finished_utc": _stamp(2 * (100 * ws + bs + seed) + 4000 * slot + 1),
         },
     }
 
 
-def write_grid(folder: Path, world_sizes, batch_sizes, seeds, skip=(), **run_kwargs) -> tuple[list[Path], list[str]]:
-    """Run JSONs for the grid except the (ws, bs, seed) in skip; returns (paths, expected run names)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_grid(
+    folder: Path, world_sizes, batch_sizes, seeds, skip=(), variants: dict | None = None, **run_kwargs
+) -> tuple[list[Path], list[str]]:
+    """Run JSONs for the grid except the (ws, bs, seed) in skip; returns (paths, expected run names).
+
+    With ``variants`` ({name: make_run keyword arguments}), every variant's runs go to folder/<name>/,
+    are named <name>/ws<W>_bs<B>_seed<S> in the expected names, and skip holds (name, ws, bs, seed)."""
     paths, expected = [], []
-    for bs in batch_sizes:
-        for ws in world_sizes:
-            for seed in seeds:
-                name = f"ws{ws}_bs{bs}_seed{seed}"
-                expected.append(name)
-                if (ws, bs, seed) not in skip:
-                    path = folder / f"{name}.json"
-                    path.write_text(json.dumps(make_run(ws, bs, seed, **run_kwargs)))
+    for slot, (variant, kwargs) in enumerate((variants or {None: {}}).items()):
+        where = folder / variant if variant else folder
+        where.mkdir(parents=True, exist_ok=True)
+        for bs in batch_sizes:
+            for ws in world_sizes:
+                for seed in seeds:
+                    name = f"ws{ws}_bs{bs}_seed{seed}"
+                    expected.append(f"{variant}/{name}" if variant else name)
+                    if ((variant, ws, bs, seed) if variant else (ws, bs, seed)) in skip:
+                        continue
+                    run = make_run(ws, bs, seed, variant=variant, slot=slot, **run_kwargs, **kwargs)
+                    path = where / f"{name}.json"
+                    path.write_text(json.dumps(run))
                     paths.append(path)
     return paths, expected

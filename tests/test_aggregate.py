@@ -134,12 +134,16 @@ def test_headlines_curves_and_method_facts(tmp_path):
     best = max(rows.values(), key=lambda r: r["speedup_mean"])
     assert result["headlines"] == [
         {
+            "variant": None,
             "batch_size": 128,
             "base_ws": 1,
             "largest_ws": 4,
             "best_speedup": best["speedup_mean"],
             "best_ws": best["world_size"],
+            "speedup_largest": rows[4]["speedup_mean"],
             "efficiency_largest": rows[4]["efficiency_mean"],
+            "threads_base": 8,
+            "threads_largest": 2,
             "acc_base": rows[1]["test_acc_mean"],
             "acc_largest": rows[4]["test_acc_mean"],
             "acc_change": pytest.approx(-4.0),  # the factory's accuracy falls by 2 points per doubling
@@ -359,3 +363,209 @@ def test_cli_names_a_tampered_run(tmp_path, capsys):
     )
     assert rc == 1
     assert f"error: run {paths[1]}: config.world_size is 4" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- variants
+
+# A study of three variants, as results/config.json holds it (fp32: null is an empty override),
+# and the factory's runs for it: fp16hook 1.25x and bf16 1.9x the throughput, bf16 half a point less.
+VARIANT_CONFIG = {
+    **GRID_CONFIG,
+    "grid": {
+        **GRID_CONFIG["grid"],
+        "variants": {
+            "fp32": None,
+            "fp16hook": {"train": {"comm_hook": "fp16"}},
+            "bf16": {"train": {"precision": "bf16"}},
+        },
+        "baseline": None,
+    },
+}
+FACTORY_VARIANTS = {
+    "fp32": {},
+    "fp16hook": {"throughput_factor": 1.25, "config_overrides": {"comm_hook": "fp16"}},
+    "bf16": {"throughput_factor": 1.9, "acc_offset": -0.5, "config_overrides": {"precision": "bf16"}},
+}
+
+
+def variant_study(tmp_path, config=VARIANT_CONFIG, variants=FACTORY_VARIANTS, **kwargs):
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=variants, **kwargs)
+    result, table = agg.aggregate(paths, RUN_SCHEMA, expected, config, "results/config.json")
+    return result, table, paths
+
+
+def per_seed(paths, variant, ws, key):
+    """{seed: totals[key]} of one variant's runs at world size ws, read from the files."""
+    runs = [json.loads(p.read_text()) for p in paths if p.parent.name == variant]
+    return {r["config"]["seed"]: r["totals"][key] for r in runs if r["config"]["world_size"] == ws}
+
+
+def test_known_answer_throughput_ratio_time_to_target_and_accuracy_difference(tmp_path):
+    """Three seeds of a baseline and a variant at W = 1 with chosen times, accuracies and times to
+    target; every number worked out by hand."""
+    times = {"base": (12.0, 10.0, 9.0), "fast": (8.0, 5.0, 6.0)}
+    offsets = {"base": (0.0, 0.0, 0.0), "fast": (-1.0, -2.0, -0.5)}
+    to_target = {"base": (9.0, 8.0, 7.0), "fast": (9.0, 6.0, None)}  # fast seed 2 never reached it
+    paths = []
+    for variant in ("base", "fast"):
+        (tmp_path / variant).mkdir()
+        for seed in range(3):
+            run = make_run(1, 128, seed, train_time=times[variant][seed], acc_offset=offsets[variant][seed])
+            run["totals"]["time_to_target_s"] = to_target[variant][seed]
+            paths.append(write_run(tmp_path / variant, f"ws1_bs128_seed{seed}", run))
+    expected = [f"{v}/ws1_bs128_seed{s}" for v in ("base", "fast") for s in range(3)]
+    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected)
+    base, fast = result["rows"]
+    assert (base["variant"], fast["variant"]) == ("base", "fast") and result["variants"]["baseline"] == "base"
+    # Throughput 6144 images / time: the ratios are 12/8, 10/5, 9/6 = 1.5, 2, 1.5, as in the speedup test.
+    half = 4.302652729911275 / 6  # t(0.975, 2) * sd / sqrt(3), sd = sqrt(1/12)
+    assert fast["n_pairs_vs_baseline"] == 3
+    assert fast["throughput_ratio_vs_baseline"] == pytest.approx(5 / 3, rel=1e-9)
+    assert fast["throughput_ratio_ci95_low"] == pytest.approx(5 / 3 - half, rel=1e-9)
+    assert fast["throughput_ratio_ci95_high"] == pytest.approx(5 / 3 + half, rel=1e-9)
+    # Accuracy differences -1, -2, -0.5: mean -7/6; squared deviations 1/36 + 25/36 + 16/36, over 2 is
+    # 7/12; sd / sqrt(3) = sqrt(7) / 6.
+    half = 4.302652729911275 * math.sqrt(7) / 6
+    assert fast["test_acc_diff_vs_baseline"] == pytest.approx(-7 / 6, rel=1e-9)
+    assert fast["test_acc_diff_ci95_low"] == pytest.approx(-7 / 6 - half, rel=1e-9)
+    assert fast["test_acc_diff_ci95_high"] == pytest.approx(-7 / 6 + half, rel=1e-9)
+    # Time to target: only seeds 0 and 1 pair, 9/9 and 6/8: mean 0.875, sd sqrt(0.03125), sd / sqrt(2)
+    # = 0.125, t(0.975, 1) = 12.706204736174707.
+    assert fast["n_pairs_reached_target"] == 2
+    assert fast["time_to_target_ratio_vs_baseline"] == pytest.approx(0.875, rel=1e-12)
+    assert fast["time_to_target_ratio_ci95_low"] == pytest.approx(0.875 - 12.706204736174707 * 0.125, rel=1e-9)
+    assert fast["time_to_target_ratio_ci95_high"] == pytest.approx(0.875 + 12.706204736174707 * 0.125, rel=1e-9)
+    # The baseline against itself: ratio 1 and difference 0, without spread.
+    assert [base[k] for k in ("throughput_ratio_vs_baseline", "throughput_ratio_ci95_low")] == [1.0, 1.0]
+    assert [base[k] for k in ("time_to_target_ratio_vs_baseline", "n_pairs_reached_target")] == [1.0, 3]
+    assert [base[k] for k in ("test_acc_diff_vs_baseline", "test_acc_diff_ci95_high")] == [0.0, 0.0]
+    speed = result["variants"]["speed_vs_accuracy"]
+    assert [s["variant"] for s in speed] == ["base", "fast"]
+    assert speed[1]["time_to_target_speedup"] == pytest.approx(1 / 0.875)
+    assert speed[1]["time_to_target_speedup_ci95_low"] == pytest.approx(1 / fast["time_to_target_ratio_ci95_high"])
+    assert speed[1]["throughput_speedup"] == fast["throughput_ratio_vs_baseline"]
+
+
+def test_variant_rows_speedup_within_a_variant_and_ratios_from_the_runs(tmp_path):
+    result, table, paths = variant_study(tmp_path)
+    assert [(r["variant"], r["world_size"]) for r in result["rows"]] == [
+        (v, ws) for v in ("fp32", "fp16hook", "bf16") for ws in (1, 2)
+    ]  # the config's order, not the alphabet's
+    assert list(table.columns[:2]) == ["variant", "world_size"] and "throughput_ratio_vs_baseline" in table
+    for row in result["rows"]:
+        v, ws = row["variant"], row["world_size"]
+        own = per_seed(paths, v, 1, "train_time_s")  # speedup against the variant's own W = 1
+        times = per_seed(paths, v, ws, "train_time_s")
+        assert row["speedup_mean"] == pytest.approx(sum(own[s] / times[s] for s in (0, 1)) / 2)
+        mine, base = per_seed(paths, v, ws, "throughput_img_s"), per_seed(paths, "fp32", ws, "throughput_img_s")
+        assert row["throughput_ratio_vs_baseline"] == pytest.approx(sum(mine[s] / base[s] for s in (0, 1)) / 2)
+        assert row["n_pairs_vs_baseline"] == 2
+    bf16 = [r for r in result["rows"] if r["variant"] == "bf16"]
+    assert all(r["test_acc_diff_vs_baseline"] == pytest.approx(-0.5) for r in bf16)
+    assert all(1.9 * 0.95 / 1.05 < r["throughput_ratio_vs_baseline"] < 1.9 * 1.05 / 0.95 for r in bf16)
+    assert result["variants"]["names"] == ["fp32", "fp16hook", "bf16"]
+    assert result["variants"]["overrides"]["bf16"] == {"train": {"precision": "bf16"}}
+    assert result["amdahl_serial_fraction"].keys() == {"fp32", "fp16hook", "bf16"}
+    assert {r["name"] for r in result["runs"]} >= {"fp32/ws1_bs128_seed0", "bf16/ws2_bs128_seed1"}
+    assert result["overlaps"] == []  # the same (W, B, seed) of two variants ran at different times
+    assert "throughput_ratio_vs_baseline" in result["definitions"]
+
+
+def test_the_baseline_is_grid_baseline(tmp_path):
+    config = {**VARIANT_CONFIG, "grid": {**VARIANT_CONFIG["grid"], "baseline": "bf16"}}
+    result, _, _ = variant_study(tmp_path, config)
+    assert result["variants"]["baseline"] == "bf16"
+    rows = {(r["variant"], r["world_size"]): r for r in result["rows"]}
+    assert rows[("bf16", 2)]["throughput_ratio_vs_baseline"] == 1.0
+    assert rows[("fp32", 2)]["test_acc_diff_vs_baseline"] == pytest.approx(0.5)
+    speed = {(s["variant"], s["world_size"]): s for s in result["variants"]["speed_vs_accuracy"]}
+    assert (
+        speed[("bf16", 1)]["throughput_speedup"] == 1.0 and speed[("fp32", 1)]["throughput_speedup"] < 0.6
+    )  # 1 / 1.9, jittered
+    config["grid"] = {**config["grid"], "baseline": "fp8"}
+    with pytest.raises(agg.AggregateError, match=r"grid.baseline is 'fp8', which is not a variant"):
+        variant_study(tmp_path / "again", config)
+
+
+def test_run_that_disagrees_with_its_variants_overrides_is_refused(tmp_path):
+    variants = {**FACTORY_VARIANTS, "fp16hook": {"config_overrides": {"comm_hook": "none"}}}
+    with pytest.raises(agg.AggregateError) as err:
+        variant_study(tmp_path, variants=variants)
+    message = str(err.value)
+    assert str(tmp_path / "fp16hook/ws1_bs128_seed0.json") in message
+    assert "config.comm_hook is 'none' but results/config.json has grid.variants.fp16hook.train.comm_hook: 'fp16'" in (
+        message
+    )
+    assert "delete the file and rerun its job" in message
+
+
+def test_run_outside_a_variant_folder_is_refused(tmp_path):
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=FACTORY_VARIANTS)
+    stray = tmp_path / "old" / "ws1_bs128_seed0.json"
+    stray.parent.mkdir()
+    stray.write_text(paths[0].read_text())
+    with pytest.raises(agg.AggregateError, match=r"old/ws1_bs128_seed0.json: its folder 'old' is not one of"):
+        agg.aggregate([*paths, stray], RUN_SCHEMA, expected, VARIANT_CONFIG)
+
+
+def test_missing_run_of_a_variant_is_named_with_its_variant(tmp_path):
+    result, _, _ = variant_study(tmp_path, skip={("bf16", 2, 128, 1)})
+    assert result["missing_runs"] == [{"variant": "bf16", "world_size": 2, "batch_size": 128, "seed": 1}]
+    rows = {(r["variant"], r["world_size"]): r for r in result["rows"]}
+    assert rows[("bf16", 2)]["n_seeds"] == 1 and rows[("bf16", 2)]["n_pairs_vs_baseline"] == 1
+
+
+def test_cli_csv_has_a_variant_column_only_with_variants(tmp_path):
+    for name, config, variants in (("plain", GRID_CONFIG, None), ("variants", VARIANT_CONFIG, FACTORY_VARIANTS)):
+        paths, expected = write_grid(tmp_path / name / "runs", [1, 2], [128], [0, 1], variants=variants)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        csv, js = tmp_path / name / "summary.csv", tmp_path / name / "summary.json"
+        args = ["--runs", *map(str, paths), "--config", str(tmp_path / name / "config.json"), "--expect", *expected]
+        assert agg.main([*args, "--csv", str(csv), "--json", str(js)]) == 0
+    plain = pd.read_csv(tmp_path / "plain/summary.csv")
+    assert list(plain.columns) == agg.SUMMARY_COLUMNS  # as before variants existed
+    summary = json.loads((tmp_path / "plain/summary.json").read_text())
+    assert summary["variants"] is None and all(r["variant"] is None for r in summary["rows"])
+    assert "throughput_ratio_vs_baseline" not in summary["rows"][0]
+    table = pd.read_csv(tmp_path / "variants/summary.csv")
+    assert list(table.columns) == ["variant", *agg.SUMMARY_COLUMNS, *agg.COMPARISON_COLUMNS]
+    assert table.variant.tolist() == ["fp32", "fp32", "fp16hook", "fp16hook", "bf16", "bf16"]
+    assert table.test_acc_diff_vs_baseline.tolist() == pytest.approx([0, 0, 0, 0, -0.5, -0.5])
+
+
+# --------------------------------------------------------------------------- the resource model
+
+
+def test_resource_model_cores_fixed_or_cores_per_worker_fixed(tmp_path):
+    result, _, _ = summary_for(tmp_path / "auto")  # the factory splits 8 cores among the ranks
+    model = result["resource_model"]
+    assert model["kind"] == "cores_fixed" and model["by_variant"] is None
+    assert model["by_world_size"] == [
+        {"world_size": 1, "threads_per_worker": [8], "cores": [8]},
+        {"world_size": 2, "threads_per_worker": [4], "cores": [8]},
+        {"world_size": 4, "threads_per_worker": [2], "cores": [8]},
+    ]
+    result, _, _ = summary_for(tmp_path / "fixed", threads=2)
+    assert result["resource_model"]["kind"] == "cores_per_worker_fixed"
+    assert [w["cores"] for w in result["resource_model"]["by_world_size"]] == [[2], [4], [8]]
+
+
+def test_resource_model_is_mixed_when_variants_differ(tmp_path):
+    variants = {"split": {}, "one_thread": {"threads": 1, "config_overrides": {}}}
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0], variants=variants)
+    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected)
+    model = result["resource_model"]
+    assert model["kind"] == "mixed"
+    assert model["by_variant"] == {"split": "cores_fixed", "one_thread": "cores_per_worker_fixed"}
+
+
+def test_a_set_thread_count_is_checked_against_the_run(tmp_path):
+    config = {
+        **VARIANT_CONFIG,
+        "grid": {**VARIANT_CONFIG["grid"], "variants": {"fp32": None, "t1": {"train": {"threads_per_worker": 1}}}},
+    }
+    variants = {"fp32": {}, "t1": {"threads": 2}}
+    with pytest.raises(
+        agg.AggregateError, match=r"config.threads_per_worker is 2 but .* grid.variants.t1.train.threads_per_worker: 1"
+    ):
+        variant_study(tmp_path, config, variants)

@@ -12,7 +12,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from test_report import PLOTS, build_report
+from test_report import PLOTS, build_report, build_variant_report
 
 pytestmark = pytest.mark.browser
 WIDTH = 1280
@@ -87,3 +87,18 @@ def test_report_renders_offline(driver, tmp_path):
     shot = tmp_path / "report.png"
     assert driver.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_variant_report_renders_offline(driver, tmp_path):
+    html, _, out = build_variant_report(tmp_path)
+    driver.get(out.as_uri())
+    variants = driver.find_element(By.ID, "variants")
+    assert variants.is_displayed()
+    rows = variants.find_elements(By.CSS_SELECTOR, "table.variants tbody tr")
+    assert len(rows) == 9
+    marked = variants.find_elements(By.CSS_SELECTOR, "td.marked")
+    assert marked and all(int(cell.value_of_css_property("font-weight")) >= 700 for cell in marked)
+    svgs = driver.find_elements(By.CSS_SELECTOR, "figure > svg")
+    assert len(svgs) == len(PLOTS) + 1  # and the variants' speed against time-to-target plot
+    assert all(svg.size["width"] > 100 and svg.size["height"] > 100 for svg in svgs)
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -299,3 +299,139 @@ def test_cli_refuses_a_summary_without_the_report_keys(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "lacks headlines, learning_curves" in err and "rerun python -m ddpbench.aggregate" in err
     assert not (tmp_path / "r.html").exists()
+
+
+# --------------------------------------------------------------------------- variants and the resource model
+
+VARIANTS = {
+    "fp32": {},
+    "fp16hook": {"throughput_factor": 1.25, "config_overrides": {"comm_hook": "fp16"}},
+    "bf16": {"throughput_factor": 1.9, "acc_offset": -0.5, "config_overrides": {"precision": "bf16"}},
+}
+VARIANT_CONFIG = {
+    "grid": {
+        "variants": {
+            "fp32": None,
+            "fp16hook": {"train": {"comm_hook": "fp16"}},
+            "bf16": {"train": {"precision": "bf16"}},
+        }
+    },
+    "train": {"epochs": 3},
+}
+
+
+def build_variant_report(tmp: Path) -> tuple[str, dict, Path]:
+    """Three variants x world sizes 1, 2, 4 x three seeds, one run missing, through the report's CLI:
+    (html, summary, report path)."""
+    paths, expected = write_grid(
+        tmp / "results/runs", [1, 2, 4], [128], [0, 1, 2], skip={("bf16", 4, 128, 2)}, variants=VARIANTS
+    )
+    summary, _ = aggregate(paths, SCHEMA, expected, VARIANT_CONFIG)
+    (tmp / "results/summary.json").write_text(json.dumps(summary))
+    (tmp / "results/config.json").write_text(json.dumps(VARIANT_CONFIG))
+    out = tmp / "results/report.html"
+    args = ["--summary", str(tmp / "results/summary.json"), "--config", str(tmp / "results/config.json")]
+    assert report.main([*args, "--logs-dir", str(tmp / "logs/train"), "--out", str(out)]) == 0
+    return out.read_text(), json.loads((tmp / "results/summary.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def variant_grid(tmp_path_factory):
+    html, summary, _ = build_variant_report(tmp_path_factory.mktemp("variants"))
+    return html, summary
+
+
+def variant_table(html: str) -> dict:
+    """The Variants table's rows: (variant, world size) -> (tr attributes, cells), and which cells are marked."""
+    section = html[html.index('<section id="variants">') : html.index('<section id="plots">')]
+    rows = {
+        (r["attrs"]["data-variant"], int(r["attrs"]["data-world-size"])): r["cells"]
+        for r in parse(section)
+        if r["table"] == "variants" and "data-world-size" in r["attrs"]
+    }
+    marked = set()
+    for match in re.finditer(r'<tr data-variant="(\w+)" data-world-size="(\d+)"[^>]*>(.*?)</tr>', section, re.S):
+        for cell in re.findall(r'<td class="marked">.*?data-col="(\w+)"', match[3], re.S):
+            marked.add((match[1], int(match[2]), cell))
+    return rows, marked
+
+
+def test_variant_table_numbers_equal_summary_and_marks_intervals_that_exclude_no_change(variant_grid):
+    html, summary = variant_grid
+    rows, marked = variant_table(html)
+    expected = {(r["variant"], r["world_size"]): r for r in summary["rows"]}
+    assert rows.keys() == expected.keys() and len(rows) == 9
+    for key, cells in rows.items():
+        assert check_cells(cells, expected[key]) == 13  # 4 keys and counts, 3 x (mean, low, high)
+    should = {
+        (r["variant"], r["world_size"], f"{name}_vs_baseline")
+        for r in summary["rows"]
+        for name, null in (("throughput_ratio", 1), ("time_to_target_ratio", 1), ("test_acc_diff", 0))
+        if r[f"{name}_ci95_low"] is not None and (r[f"{name}_ci95_low"] > null or r[f"{name}_ci95_high"] < null)
+    }
+    assert marked == should
+    assert ("bf16", 2, "test_acc_diff_vs_baseline") in marked  # half a point less on every seed
+    assert ("bf16", 2, "throughput_ratio_vs_baseline") in marked  # 1.9x the throughput
+    assert not any(v == "fp32" for v, _, _ in marked)  # the baseline against itself: 1 and 0
+    assert "<b>Bold</b>: the 95 % interval excludes 1 (ratios) or 0 (difference)" in html
+
+
+def test_variant_report_has_a_table_and_a_line_per_variant(variant_grid):
+    html, summary = variant_grid
+    assert html.count('<table class="study"') == 3  # one per variant (one batch size)
+    assert re.search(r'<table class="study" data-batch-size="128" data-variant="bf16">', html)
+    figures = re.findall(r'<figure id="plot-(\w+)"[^>]*>\s*<svg\b', html)
+    assert set(figures) == PLOTS | {"variant_speed"}
+    variants = html[html.index('<section id="variants">') : html.index('<section id="plots">')]
+    assert '<figure id="plot-variant_speed"' in variants
+    for name in ("speedup", "throughput", "accuracy", "variant_speed"):
+        figure = html[html.index(f'<figure id="plot-{name}"') :]
+        legend = figure[: figure.index("</figure>")]
+        assert all(f">{v}<" in legend for v in ("fp32", "fp16hook", "bf16")), name  # one line per variant
+    overrides = variants[variants.index('<table class="overrides">') :]
+    assert "<code>train.precision: bf16</code>" in overrides and "(baseline)" in overrides
+    assert 'href="../logs/train/bf16/ws1_bs128_seed0.log"' in html
+    assert '<li data-run="bf16/ws4_bs128_seed2"><code>bf16/ws4_bs128_seed2</code>: variant bf16, world size 4' in html
+
+
+def test_no_variants_section_without_variants(grid):
+    html, summary, _ = grid
+    assert summary["variants"] is None
+    assert 'id="variants"' not in html and "plot-variant_speed" not in html and "data-variant" not in html
+
+
+def headline(html: str) -> str:
+    return html[html.index('<section id="headline">') : html.index('<section id="study">')]
+
+
+def resource_paragraph(html: str) -> str:
+    text = html[html.index('<p class="resource-model"') :]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", text[: text.index("</p>")])).strip()
+
+
+def test_headline_says_cores_were_fixed(grid):
+    html, summary, _ = grid
+    assert summary["resource_model"]["kind"] == "cores_fixed"
+    h = next(h for h in summary["headlines"] if h["batch_size"] == 128)
+    text = resource_paragraph(html)
+    assert text.startswith("Resource model: cores fixed. Every world size used the same 8 cores in all")
+    assert "W = 1: 1 × 8, W = 2: 2 × 4, W = 4: 4 × 2" in text
+    assert (
+        f"{100 * h['efficiency_largest']:.0f} % at 4 workers means the 4 ranks of 2 thread(s) together ran "
+        f"{h['speedup_largest']:.2f}× as fast as one 8-thread process, not that DDP lost "
+        f"{100 * (1 - h['efficiency_largest']):.0f} % of the work"
+    ) in text
+    assert "· same cores" in headline(html) and "classic scaling efficiency" not in headline(html)
+
+
+def test_headline_says_cores_per_worker_were_fixed(tmp_path):
+    html, summary, _ = build_report(tmp_path, threads=2)
+    assert summary["resource_model"]["kind"] == "cores_per_worker_fixed"
+    text = resource_paragraph(html)
+    assert text.startswith(
+        "Resource model: cores per worker fixed. Every rank had the same threads at every world size"
+    )
+    assert "W = 1: 1 × 2, W = 2: 2 × 2, W = 4: 4 × 2" in text and "Efficiency is classic scaling efficiency" in text
+    h = summary["headlines"][0]
+    assert f"means they ran {h['speedup_largest']:.2f}× as fast as one worker with the same 2 thread(s)" in text
+    assert "· same cores" not in headline(html) and "not that DDP lost" not in headline(html)

@@ -1,13 +1,19 @@
-"""Aggregate run JSONs into the scaling summary: one row per (world_size, batch_size), plus
-everything the report shows (headlines, learning curves, machine, method, overlaps).
+"""Aggregate run JSONs into the scaling summary: one row per (world_size, batch_size), or per
+(variant, world_size, batch_size) with grid.variants, plus everything the report shows (headlines,
+learning curves, the resource model, machine, method, overlaps).
 
 Speedup is T(1)/T(W) on the training time (``totals.train_time_s``: training phases only,
 no evaluation), paired by seed at the same batch size; efficiency = speedup / W; the
 Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial fraction from the mean
 speedup. Confidence intervals use Student's t across seeds.
 
+With variants (the config's grid.variants, or --expect names <variant>/ws<W>_bs<B>_seed<S>), a run's
+variant is its folder (results/runs/<variant>/...); speedup stays within a variant, and every variant
+is compared with the baseline (grid.baseline, else the first) at the same world size and batch size,
+paired by seed: throughput and time-to-target ratios, test-accuracy difference, with t intervals.
+
 Every run is checked against its file name (ws<W>_bs<B>_seed<S>.json) and, given the
-workflow's config, against the grid's options: a run that disagrees is refused.
+workflow's config, against the grid's options (with its variant's overrides): a run that disagrees is refused.
 
     python -m ddpbench.aggregate --runs results/runs/*.json --schema workflow/schemas/run.schema.json \
         --config results/config.json --expect ws1_bs128_seed0 ... --csv results/summary.csv --json results/summary.json
@@ -31,6 +37,10 @@ from scipy.optimize import minimize_scalar
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
 
 RUN_NAME = re.compile(r"ws(?P<world_size>\d+)_bs(?P<batch_size>\d+)_seed(?P<seed>\d+)")
+# A name in --expect: the run name, behind its variant's folder in a study with variants.
+EXPECTED_NAME = re.compile(r"(?:(?P<variant>[^/]+)/)?" + RUN_NAME.pattern)
+# The names the config schema allows for grid.variants: safe as a folder, and as plot text.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SUMMARY_COLUMNS = [
     "world_size",
     "batch_size",
@@ -63,9 +73,31 @@ SUMMARY_COLUMNS = [
     "threads_per_worker",
     "nnodes",
 ]
+# Each variant against the baseline variant at the same (world_size, batch_size), paired by seed.
+COMPARISON_COLUMNS = [
+    "n_pairs_vs_baseline",
+    "throughput_ratio_vs_baseline",
+    "throughput_ratio_ci95_low",
+    "throughput_ratio_ci95_high",
+    "time_to_target_ratio_vs_baseline",
+    "time_to_target_ratio_ci95_low",
+    "time_to_target_ratio_ci95_high",
+    "n_pairs_reached_target",
+    "test_acc_diff_vs_baseline",
+    "test_acc_diff_ci95_low",
+    "test_acc_diff_ci95_high",
+]
+# Per-run values the comparison columns average: (run column, baseline's run column, how combined).
+PAIRED = {
+    "throughput_ratio": ("throughput_img_s", lambda run, base: run / base),
+    "time_to_target_ratio": ("time_to_target_s", lambda run, base: run / base),
+    "test_acc_diff": ("test_acc", lambda run, base: run - base),
+}
 # Train options the job resolves itself (auto -> a value): the run records the resolved value,
 # so it legitimately differs from the workflow config's.
 RESOLVED_BY_JOB = frozenset({"threads_per_worker", "device", "ranks_per_node", "channels_last", "allreduce"})
+# ... but a number given for these is what the run used, and is checked.
+CHECKED_WHEN_SET = frozenset({"threads_per_worker"})
 # Run-config keys that differ by design between the runs of one grid.
 PER_RUN_KEYS = frozenset(
     {
@@ -94,6 +126,25 @@ DEFINITIONS = {
     "startup_s": "rank 0's process creation to its first training step (not part of train_time)",
     "lock_wait_s": "seconds the run waited for the host-wide timing lock before it started (empty without one)",
     "overlaps": "pairs of runs whose start-to-finish spans overlapped on a shared host (their timings interfere)",
+    "resource_model": "cores_fixed: threads_per_worker x world_size the same at every world size (one rank at W = 1 "
+    "already uses all the cores, so efficiency compares W ranks with one rank on the same cores); "
+    "cores_per_worker_fixed: threads_per_worker the same at every world size (classic scaling efficiency); "
+    "mixed: neither",
+}
+VARIANT_DEFINITIONS = {
+    "variant": "a named set of overrides of the train options (grid.variants); speedup and efficiency are "
+    "within a variant, against its own world size 1",
+    "baseline": "the variant the others are compared with (grid.baseline, else the first variant)",
+    "n_pairs_vs_baseline": "seeds with a run of both the variant and the baseline at this world size and batch size",
+    "throughput_ratio_vs_baseline": "mean over paired seeds of the variant's throughput / the baseline's, with its "
+    "95 % t interval (throughput_ratio_ci95_low/_high); above 1: the variant trains more images per second",
+    "time_to_target_ratio_vs_baseline": "mean over the seeds where both reached the target accuracy "
+    "(n_pairs_reached_target) of the variant's time to target / the baseline's, with its 95 % t interval "
+    "(time_to_target_ratio_ci95_low/_high); below 1: the variant reaches the target sooner",
+    "test_acc_diff_vs_baseline": "mean over paired seeds of the variant's final test accuracy - the baseline's, "
+    "in points, with its 95 % t interval (test_acc_diff_ci95_low/_high)",
+    "time_to_target_speedup_vs_baseline": "1 / time_to_target_ratio_vs_baseline, its interval inverted: above 1 "
+    "the variant reaches the target sooner (summary.json: variants.speed_vs_accuracy)",
 }
 
 
@@ -101,9 +152,40 @@ class AggregateError(ValueError):
     pass
 
 
-def run_name(world_size: int, batch_size: int, seed: int) -> str:
-    """A run's name, as the workflow names its files (results/runs/<name>.json)."""
-    return f"ws{world_size}_bs{batch_size}_seed{seed}"
+def run_name(world_size: int, batch_size: int, seed: int, variant: str | None = None) -> str:
+    """A run's name, as the workflow names its files (results/runs/<name>.json): behind its
+    variant's folder (<variant>/ws<W>_bs<B>_seed<S>) in a study with variants."""
+    return (f"{variant}/" if variant else "") + f"ws{world_size}_bs{batch_size}_seed{seed}"
+
+
+def grid_variants(config: dict | None, expected: list[str]) -> dict[str, dict | None] | None:
+    """The study's variants and their overrides, in the config's order: from the config's
+    grid.variants, else the variant folders of the --expect names (overrides unknown: None); None without."""
+    configured = ((config or {}).get("grid") or {}).get("variants")
+    if configured:
+        variants = {name: overrides or {} for name, overrides in configured.items()}
+    else:
+        named = [m["variant"] for m in map(EXPECTED_NAME.fullmatch, expected) if m and m["variant"]]
+        variants = {name: None for name in named}
+    bad = [name for name in variants if not VARIANT_NAME.fullmatch(name)]
+    if bad:
+        raise AggregateError(
+            f"variant name {bad[0]!r} is not a safe folder name (letters, digits, '_', '.', '-', "
+            "starting with a letter or digit): rename it in grid.variants"
+        )
+    return variants or None
+
+
+def baseline_variant(config: dict | None, variants: dict[str, dict] | None) -> str | None:
+    """grid.baseline, else the first variant; None without variants."""
+    if not variants:
+        return None
+    chosen = ((config or {}).get("grid") or {}).get("baseline") or next(iter(variants))
+    if chosen not in variants:
+        raise AggregateError(
+            f"grid.baseline is {chosen!r}, which is not a variant: choose one of {list(variants)} (or null: the first)"
+        )
+    return chosen
 
 
 # --------------------------------------------------------------------------- reading and checking runs
@@ -125,6 +207,19 @@ def read_run(path: Path, validator=None, schema_path: Path | None = None) -> dic
     return run
 
 
+def run_variant(path: Path, variants: dict[str, dict] | None) -> str:
+    """The variant a run belongs to: its folder's name in a study with variants; "" without."""
+    if not variants:
+        return ""
+    folder = Path(path).parent.name
+    if folder not in variants:
+        raise AggregateError(
+            f"run {path}: its folder {folder!r} is not one of grid.variants ({', '.join(variants)}); runs of a "
+            "study with variants are results/runs/<variant>/ws<W>_bs<B>_seed<S>.json: move it, or leave it out"
+        )
+    return folder
+
+
 def check_name(run: dict, path: Path) -> None:
     """The file name says which run it holds; its contents must agree (a copied or renamed file must not)."""
     match = RUN_NAME.fullmatch(Path(path).name.removesuffix(".json"))
@@ -141,8 +236,9 @@ def check_name(run: dict, path: Path) -> None:
             )
 
 
-def load_runs(paths: list[Path], schema_path: Path | None = None) -> list[dict]:
-    """Read, validate (when given the schema) and name-check every run; each gets its ``_path``."""
+def load_runs(paths: list[Path], schema_path: Path | None = None, variants: dict | None = None) -> list[dict]:
+    """Read, validate (when given the schema) and name-check every run; each gets its ``_path``
+    and ``_variant`` (its folder with variants, else "")."""
     validator = None
     if schema_path is not None:
         import jsonschema
@@ -153,6 +249,7 @@ def load_runs(paths: list[Path], schema_path: Path | None = None) -> list[dict]:
         run = read_run(path, validator, schema_path)
         check_name(run, path)
         run["_path"] = str(path)
+        run["_variant"] = run_variant(path, variants)
         runs.append(run)
     return runs
 
@@ -170,13 +267,34 @@ def same_value(a, b) -> bool:
     return a == b
 
 
+def variant_options(config: dict, variant: str) -> dict[str, tuple[str, object]]:
+    """Each checked option's config key and value for a run of ``variant``: train: and data.loader
+    with the variant's overrides on top (keys named where they were set)."""
+    options = {key: (f"train.{key}", value) for key, value in (config.get("train") or {}).items()}
+    if "loader" in (config.get("data") or {}):
+        options["loader"] = ("data.loader", config["data"]["loader"])
+    overrides = ((config.get("grid") or {}).get("variants") or {}).get(variant) or {}  # null: no override
+    for section in ("train", "data"):
+        for key, value in (overrides.get(section) or {}).items():
+            options[key] = (f"grid.variants.{variant}.{section}.{key}", value)
+    return options
+
+
+def checked(key: str, value) -> bool:
+    """Whether the run must have recorded the config's value for ``key``."""
+    if key in CHECKED_WHEN_SET:
+        return value != "auto"
+    return key not in RESOLVED_BY_JOB
+
+
 def option_pairs(run: dict, config: dict):
     """(what the run recorded, its value, the config key, the config's value) for every checked option."""
-    train, data = config.get("train") or {}, config.get("data") or {}
-    for key in sorted((train.keys() & run["config"].keys()) - RESOLVED_BY_JOB):
-        yield f"config.{key}", run["config"][key], f"train.{key}", train[key]
-    if "loader" in data:
-        yield "config.loader", run["config"]["loader"], "data.loader", data["loader"]
+    options = variant_options(config, run.get("_variant", ""))
+    for key in sorted(options.keys() & run["config"].keys()):
+        config_key, value = options[key]
+        if checked(key, value):
+            yield f"config.{key}", run["config"][key], config_key, value
+    data = config.get("data") or {}
     if "source" in data:
         yield "dataset.source", run["dataset"]["source"], "data.source", data["source"]
 
@@ -194,7 +312,8 @@ def check_options(run: dict, path: str, config: dict, source: str) -> None:
 def check_grid(runs: list[dict], expected: list[str]) -> None:
     names = set(expected)
     for run in runs:
-        name = run_name(run["config"]["world_size"], run["config"]["batch_size"], run["config"]["seed"])
+        cfg = run["config"]
+        name = run_name(cfg["world_size"], cfg["batch_size"], cfg["seed"], run["_variant"])
         if name not in names:
             raise AggregateError(
                 f"run {run['_path']} ({name}) is not part of the grid (--expect): "
@@ -211,6 +330,7 @@ def run_row(run: dict) -> dict:
     step, data, train = tot["step_time_s"], tot["data_time_s"], tot["train_time_s"]
     lock = env.get("timing_lock")
     return {
+        "variant": run.get("_variant", ""),
         "world_size": cfg["world_size"],
         "batch_size": cfg["batch_size"],
         "seed": cfg["seed"],
@@ -231,7 +351,7 @@ def run_row(run: dict) -> dict:
         "peak_rss_max_bytes": tot["peak_rss_bytes_max"],
         "hostnames": ",".join(env["hostnames"]),
         "path": run.get("_path"),
-        "name": run_name(cfg["world_size"], cfg["batch_size"], cfg["seed"]),
+        "name": run_name(cfg["world_size"], cfg["batch_size"], cfg["seed"], run.get("_variant")),
         "startup_s": tot.get("process_start_to_first_step_s"),
         "lock_wait_s": lock["wait_s"] if lock else None,
         "started_utc": run["timestamps"]["started_utc"],
@@ -239,39 +359,65 @@ def run_row(run: dict) -> dict:
     }
 
 
-def runs_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run, sorted by batch size, world size and seed."""
+def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame:
+    """One row per run, sorted by variant (in ``order``), batch size, world size and seed."""
     df = pd.DataFrame([run_row(run) for run in runs])
     if df.empty:
         raise AggregateError("no runs to aggregate: results/runs/ holds no run JSON")
     for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s"):
         df[column] = df[column].astype(float)  # None -> NaN
-    dup = df.duplicated(["world_size", "batch_size", "seed"], keep=False)
+    dup = df.duplicated(["variant", "world_size", "batch_size", "seed"], keep=False)
     if dup.any():
         raise AggregateError(
-            f"more than one run for the same (world_size, batch_size, seed): {sorted(df.loc[dup, 'path'])}"
+            f"more than one run for the same (world_size, batch_size, seed): {sorted(df.loc[dup, 'path'])}; "
+            "runs of different variants belong in results/runs/<variant>/ with grid.variants in --config"
         )
-    return df.sort_values(["batch_size", "world_size", "seed"]).reset_index(drop=True)
+    rank = {name: i for i, name in enumerate(order or [])}
+    return df.sort_values(
+        ["variant", "batch_size", "world_size", "seed"],
+        key=lambda column: column.map(rank) if column.name == "variant" else column,
+    ).reset_index(drop=True)
+
+
+def group_label(variant: str, batch_size) -> str:
+    return (f"variant {variant}, " if variant else "") + f"batch size {batch_size}"
 
 
 def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-run speedup against the same seed's one-worker run at the same batch size.
+    """Per-run speedup against the same seed's one-worker run of the same variant and batch size.
 
     A seed without its own one-worker run is compared with the mean one-worker time.
     """
     base = df[df.world_size == 1]
-    missing = sorted(set(df.batch_size) - set(base.batch_size))
+    groups = set(zip(df.variant, df.batch_size, strict=True))
+    missing = sorted(groups - set(zip(base.variant, base.batch_size, strict=True)))
     if missing:
+        shown = [bs for _, bs in missing] if not any(v for v, _ in missing) else [group_label(*m) for m in missing]
         raise AggregateError(
-            f"no world size 1 run for batch size(s) {missing}: speedup needs the one-worker baseline; "
+            f"no world size 1 run for batch size(s) {shown}: speedup needs the one-worker baseline; "
             "add 1 to grid.world_sizes"
         )
-    by_seed = base.set_index(["batch_size", "seed"]).train_time_s
-    mean_by_bs = base.groupby("batch_size").train_time_s.mean()
-    t1 = [by_seed.get((bs, seed), mean_by_bs[bs]) for bs, seed in zip(df.batch_size, df.seed, strict=True)]
+    by_seed = base.set_index(["variant", "batch_size", "seed"]).train_time_s
+    mean_by_group = base.groupby(["variant", "batch_size"]).train_time_s.mean()
+    t1 = [
+        by_seed.get((v, bs, seed), mean_by_group[(v, bs)])
+        for v, bs, seed in zip(df.variant, df.batch_size, df.seed, strict=True)
+    ]
     df = df.copy()
     df["speedup"] = np.asarray(t1) / df.train_time_s
     df["efficiency"] = df.speedup / df.world_size
+    return df
+
+
+def add_baseline_pairs(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Per run: its throughput and time-to-target ratios and accuracy difference against the baseline
+    variant's run of the same world size, batch size and seed (NaN without one, or without variants)."""
+    keys = ["world_size", "batch_size", "seed"]
+    base = df[df.variant == baseline][keys + [column for column, _ in PAIRED.values()]]
+    paired = df[keys].merge(base, on=keys, how="left", suffixes=("", "_base"), validate="many_to_one")
+    df = df.copy()
+    for name, (column, combine) in PAIRED.items():
+        df[name] = combine(df[column].to_numpy(float), paired[column].to_numpy(float))
     return df
 
 
@@ -296,11 +442,27 @@ def karp_flatt(speedup: float, world_size: int) -> float:
     return (1.0 / speedup - 1.0 / world_size) / (1.0 - 1.0 / world_size)
 
 
-def summary_row(ws: int, bs: int, g: pd.DataFrame) -> dict:
+def comparison(g: pd.DataFrame) -> dict:
+    """The comparison columns of one (variant, world_size, batch_size): means of the paired per-run
+    values with their t intervals."""
+    out = {"n_pairs_vs_baseline": int(g.throughput_ratio.notna().sum())}
+    for name, mean in (
+        ("throughput_ratio", "throughput_ratio_vs_baseline"),
+        ("time_to_target_ratio", "time_to_target_ratio_vs_baseline"),
+        ("test_acc_diff", "test_acc_diff_vs_baseline"),
+    ):
+        low, high = ci95(g[name])
+        out |= {mean: g[name].mean(), f"{name}_ci95_low": low, f"{name}_ci95_high": high}
+    out["n_pairs_reached_target"] = int(g.time_to_target_ratio.notna().sum())
+    return out
+
+
+def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame) -> dict:
     train = g.train_time_s.sum()
     speedup_ci, acc_ci = ci95(g.speedup), ci95(g.test_acc)
     speedup_mean = g.speedup.mean()
     return {
+        "variant": variant,
         "world_size": ws,
         "batch_size": bs,
         "global_batch_size": int(g.global_batch_size.iloc[0]),
@@ -332,12 +494,23 @@ def summary_row(ws: int, bs: int, g: pd.DataFrame) -> dict:
         "peak_rss_max_bytes": int(g.peak_rss_max_bytes.max()),
         "threads_per_worker": int(g.threads_per_worker.iloc[0]),
         "nnodes": int(g.nnodes.max()),
+        **comparison(g),
     }
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    rows = [summary_row(ws, bs, g) for (bs, ws), g in df.groupby(["batch_size", "world_size"], sort=True)]
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    """One row per (variant, batch size, world size), in the runs table's order."""
+    groups = df.groupby(["variant", "batch_size", "world_size"], sort=False)
+    rows = [summary_row(v, ws, bs, g) for (v, bs, ws), g in groups]
+    return pd.DataFrame(rows, columns=["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS])
+
+
+def summary_columns(has_variants: bool) -> tuple[list[str], list[str]]:
+    """(summary.csv's columns, summary.json's row keys): without variants the CSV keeps its columns."""
+    if has_variants:
+        columns = ["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS]
+        return columns, columns
+    return SUMMARY_COLUMNS, ["variant", *SUMMARY_COLUMNS]
 
 
 def amdahl_fit(world_sizes, speedups) -> float | None:
@@ -355,20 +528,28 @@ def amdahl_fit(world_sizes, speedups) -> float | None:
 
 
 def records(df: pd.DataFrame) -> list[dict]:
-    """Rows as JSON values: NaN becomes null, numpy scalars become Python's."""
-    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    """Rows as JSON values: NaN becomes null, numpy scalars become Python's, no variant ("") null."""
+    out = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    for row in out:
+        if row.get("variant") == "":
+            row["variant"] = None
+    return out
 
 
 def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
-    present = {(r.world_size, r.batch_size, r.seed) for r in runs.itertuples()}
+    """The expected runs without a result; each names its variant only in a study with variants."""
+    present = {(r.variant, r.world_size, r.batch_size, r.seed) for r in runs.itertuples()}
     missing = []
     for name in expected:
-        m = RUN_NAME.fullmatch(name)
+        m = EXPECTED_NAME.fullmatch(name)
         if not m:
-            raise AggregateError(f"expected run {name!r} is not named ws<W>_bs<B>_seed<S>")
+            raise AggregateError(
+                f"expected run {name!r} is not named ws<W>_bs<B>_seed<S> or <variant>/ws<W>_bs<B>_seed<S>"
+            )
         key = (int(m["world_size"]), int(m["batch_size"]), int(m["seed"]))
-        if key not in present:
-            missing.append(dict(zip(("world_size", "batch_size", "seed"), key, strict=True)))
+        if (m["variant"] or "", *key) not in present:
+            found = dict(zip(("world_size", "batch_size", "seed"), key, strict=True))
+            missing.append({"variant": m["variant"], **found} if m["variant"] else found)
     return missing
 
 
@@ -376,20 +557,24 @@ def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
 
 
 def headlines(summary: pd.DataFrame) -> list[dict]:
-    """Per batch size: the best mean speedup, the efficiency at the largest world size, and the
-    accuracy change from the smallest to the largest world size."""
+    """Per (variant, batch size): the best mean speedup, the speedup and efficiency at the largest
+    world size, and the accuracy change from the smallest to the largest world size."""
     out = []
-    for bs, g in summary.sort_values("world_size").groupby("batch_size", sort=True):
-        base, largest = g.iloc[0], g.iloc[-1]
+    for (variant, bs), g in summary.groupby(["variant", "batch_size"], sort=False):
+        base, largest = g.iloc[0], g.iloc[-1]  # the summary is sorted by world size within a group
         best = g.loc[g.speedup_mean.idxmax()] if g.speedup_mean.notna().any() else base
         out.append(
             {
+                "variant": variant,
                 "batch_size": int(bs),
                 "base_ws": int(base.world_size),
                 "largest_ws": int(largest.world_size),
                 "best_speedup": best.speedup_mean,
                 "best_ws": int(best.world_size),
+                "speedup_largest": largest.speedup_mean,
                 "efficiency_largest": largest.efficiency_mean,
+                "threads_base": int(base.threads_per_worker),
+                "threads_largest": int(largest.threads_per_worker),
                 "acc_base": base.test_acc_mean,
                 "acc_largest": largest.test_acc_mean,
                 "acc_change": largest.test_acc_mean - base.test_acc_mean,
@@ -398,12 +583,14 @@ def headlines(summary: pd.DataFrame) -> list[dict]:
     return records(pd.DataFrame(out))
 
 
-def learning_curves(runs: list[dict]) -> list[dict]:
-    """Per (batch size, world size): test accuracy and loss per epoch, averaged over seeds (only
-    the epochs every seed has)."""
+def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[dict]:
+    """Per (variant, batch size, world size): test accuracy and loss per epoch, averaged over seeds
+    (only the epochs every seed has)."""
+    rank = {name: i for i, name in enumerate(order or [])}
     epochs = pd.DataFrame(
         [
             {
+                "variant": r.get("_variant", ""),
                 "batch_size": r["config"]["batch_size"],
                 "world_size": r["config"]["world_size"],
                 "seed": r["config"]["seed"],
@@ -416,7 +603,8 @@ def learning_curves(runs: list[dict]) -> list[dict]:
         ]
     )
     out = []
-    for (bs, ws), g in epochs.groupby(["batch_size", "world_size"], sort=True):
+    groups = epochs.groupby(["variant", "batch_size", "world_size"], sort=True)
+    for (variant, bs, ws), g in sorted(groups, key=lambda item: (rank.get(item[0][0], 0), *item[0][1:])):
         n_seeds = g.seed.nunique()
         mean = g.groupby("epoch").agg(
             test_acc=("test_acc", "mean"), test_loss=("test_loss", "mean"), n=("seed", "size")
@@ -424,6 +612,7 @@ def learning_curves(runs: list[dict]) -> list[dict]:
         mean = mean[mean.n == n_seeds]
         out.append(
             {
+                "variant": variant or None,
                 "batch_size": int(bs),
                 "world_size": int(ws),
                 "n_seeds": int(n_seeds),
@@ -526,6 +715,85 @@ def overlaps(table: pd.DataFrame) -> list[dict]:
     return pairs
 
 
+def resource_kind(g: pd.DataFrame) -> str:
+    """How one set of runs shared the machine across world sizes (see DEFINITIONS["resource_model"])."""
+    if g.threads_per_worker.nunique() == 1:
+        return "cores_per_worker_fixed"
+    if (g.threads_per_worker * g.world_size).nunique() == 1:
+        return "cores_fixed"
+    return "mixed"
+
+
+def resource_model(table: pd.DataFrame) -> dict:
+    """Whether the study held the total cores or the cores per worker fixed as the world size grew:
+    what efficiency means (one rank on all the cores, or one rank on a worker's share)."""
+    by_variant = {v: resource_kind(g) for v, g in table.groupby("variant", sort=False)}
+    kinds = set(by_variant.values())
+    cores = table.assign(cores=table.threads_per_worker * table.world_size)
+    by_world_size = [
+        {
+            "world_size": int(ws),
+            "threads_per_worker": sorted(int(t) for t in g.threads_per_worker.unique()),
+            "cores": sorted(int(c) for c in g.cores.unique()),
+        }
+        for ws, g in cores.groupby("world_size", sort=True)
+    ]
+    return {
+        "kind": kinds.pop() if len(kinds) == 1 else "mixed",
+        "by_world_size": by_world_size,
+        "by_variant": None if list(by_variant) == [""] else by_variant,
+    }
+
+
+def speed_vs_accuracy(summary: pd.DataFrame) -> list[dict]:
+    """Per (variant, world size, batch size): throughput against the baseline's next to reaching the
+    target against the baseline's, both as speedups (above 1: the variant is faster; the baseline's are 1)."""
+    rows = summary
+    ratio = rows.time_to_target_ratio_vs_baseline
+    out = pd.DataFrame(
+        {
+            "variant": rows.variant,
+            "world_size": rows.world_size,
+            "batch_size": rows.batch_size,
+            "throughput_speedup": rows.throughput_ratio_vs_baseline,
+            "throughput_speedup_ci95_low": rows.throughput_ratio_ci95_low,
+            "throughput_speedup_ci95_high": rows.throughput_ratio_ci95_high,
+            "time_to_target_speedup": 1.0 / ratio,
+            "time_to_target_speedup_ci95_low": 1.0 / rows.time_to_target_ratio_ci95_high,
+            "time_to_target_speedup_ci95_high": 1.0 / rows.time_to_target_ratio_ci95_low,
+            "n_pairs_reached_target": rows.n_pairs_reached_target,
+        }
+    )
+    return records(out)
+
+
+def variants_summary(variants: dict[str, dict] | None, baseline: str | None, summary: pd.DataFrame) -> dict | None:
+    """What the report's Variants section shows besides the rows; None without variants."""
+    if not variants:
+        return None
+    return {
+        "names": list(variants),
+        "baseline": baseline,
+        "overrides": variants,
+        "speed_vs_accuracy": speed_vs_accuracy(summary),
+    }
+
+
+def amdahl_fits(summary: pd.DataFrame) -> dict:
+    """The Amdahl serial fraction per batch size ({batch_size: f}); with variants per variant
+    ({variant: {batch_size: f}})."""
+    fits = {
+        (v, int(bs)): amdahl_fit(g.world_size, g.speedup_mean)
+        for (v, bs), g in summary.groupby(["variant", "batch_size"], sort=False)
+    }
+    if all(v == "" for v, _ in fits):
+        return {bs: f for (_, bs), f in fits.items()}
+    nested: dict[str, dict] = {}
+    for (v, bs), f in fits.items():
+        nested.setdefault(v, {})[bs] = f
+    return nested
+
+
 def shared_run_config(runs: list[dict]) -> dict:
     """The options every run agrees on: what the grid held fixed, shown when no workflow config is given."""
     configs = [r["config"] for r in runs]
@@ -533,6 +801,28 @@ def shared_run_config(runs: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------- the whole summary
+
+
+def checked_runs(paths: list[Path], schema: Path | None, expected: list[str], config: dict | None, source: str):
+    """The runs at ``paths``, read and checked against their names, the grid and the config;
+    with the study's variants ({name: overrides}, or None) and its baseline variant."""
+    if not paths:
+        if expected:
+            shown = ", ".join(expected[:4]) + (", ..." if len(expected) > 4 else "")
+            raise AggregateError(
+                f"no finished run of this grid yet: none of its {len(expected)} runs ({shown}) has a result; "
+                "train them first (snakemake --cores all --keep-going, with the same --configfile as here)"
+            )
+        raise AggregateError("no run to aggregate: give run JSONs with --runs")
+    variants = grid_variants(config, expected)
+    baseline = baseline_variant(config, variants)
+    runs = load_runs(paths, schema, variants)
+    if config is not None:
+        for run in runs:
+            check_options(run, run["_path"], config, source)
+    if expected:
+        check_grid(runs, expected)
+    return runs, variants, baseline
 
 
 def aggregate(
@@ -544,41 +834,31 @@ def aggregate(
 ) -> tuple[dict, pd.DataFrame]:
     """summary.json's content and the summary table (summary.csv) of the runs at ``paths``.
 
-    ``expected`` names the grid's runs; ``config`` is the workflow config every run must agree with."""
+    ``expected`` names the grid's runs; ``config`` is the workflow config every run must agree with,
+    and its grid.variants (or variant folders in ``expected``) make it a study of variants."""
     expected = expected or []
-    if not paths:
-        if expected:
-            shown = ", ".join(expected[:4]) + (", ..." if len(expected) > 4 else "")
-            raise AggregateError(
-                f"no finished run of this grid yet: none of its {len(expected)} runs ({shown}) has a result; "
-                "train them first (snakemake --cores all --keep-going, with the same --configfile as here)"
-            )
-        raise AggregateError("no run to aggregate: give run JSONs with --runs")
-    runs = load_runs(paths, schema)
-    if config is not None:
-        for run in runs:
-            check_options(run, run["_path"], config, config_source)
-    if expected:
-        check_grid(runs, expected)
-    table = add_speedup(runs_table(runs))
+    runs, variants, baseline = checked_runs(paths, schema, expected, config, config_source)
+    order = list(variants or [])
+    table = add_baseline_pairs(add_speedup(runs_table(runs, order)), baseline)
     summary = summarize(table)
+    csv_columns, json_columns = summary_columns(bool(variants))
     return {
         "generated_utc": utc_now(),
-        "definitions": DEFINITIONS,
-        "rows": records(summary),
-        "runs": records(table),
+        "definitions": DEFINITIONS | (VARIANT_DEFINITIONS if variants else {}),
+        "rows": records(summary[json_columns]),
+        "runs": records(table if variants else table.drop(columns=list(PAIRED))),
         "missing_runs": expected_missing(expected, table),
-        "amdahl_serial_fraction": {
-            int(bs): amdahl_fit(g.world_size, g.speedup_mean) for bs, g in summary.groupby("batch_size")
-        },
+        "amdahl_serial_fraction": amdahl_fits(summary),
         "headlines": headlines(summary),
-        "learning_curves": learning_curves(runs),
+        "learning_curves": learning_curves(runs, order),
+        "resource_model": resource_model(table),
+        "variants": variants_summary(variants, baseline, summary),
         "machine": machine(runs),
         "method": method(runs, table),
         "overlaps": overlaps(table),
         "period": {"first_started_utc": table.started_utc.min(), "last_finished_utc": table.finished_utc.max()},
         "shared_run_config": shared_run_config(runs),
-    }, summary
+    }, summary[csv_columns]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -590,7 +870,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--config", type=Path, help="the workflow config (results/config.json): every run's options must agree with it"
     )
-    p.add_argument("--expect", nargs="*", default=[], help="run names (ws<W>_bs<B>_seed<S>) the grid asks for")
+    p.add_argument(
+        "--expect",
+        nargs="*",
+        default=[],
+        help="run names the grid asks for: ws<W>_bs<B>_seed<S>, or <variant>/ws<W>_bs<B>_seed<S> with grid.variants",
+    )
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
@@ -602,19 +887,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     atomic_write_text(args.csv, summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_json(args.json, result)
-    print(
-        summary[
-            [
-                "world_size",
-                "batch_size",
-                "n_seeds",
-                "train_time_mean_s",
-                "speedup_mean",
-                "efficiency_mean",
-                "test_acc_mean",
-            ]
-        ].to_string(index=False, float_format=lambda v: f"{v:.3f}")
-    )
+    shown = ["world_size", "batch_size", "n_seeds", "train_time_mean_s", "speedup_mean", "efficiency_mean"]
+    shown += ["test_acc_mean"] + (["variant", "throughput_ratio_vs_baseline"] if "variant" in summary else [])
+    print(summary[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

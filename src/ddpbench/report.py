@@ -28,12 +28,13 @@ import yaml
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from ddpbench.aggregate import load_config, run_name
+from ddpbench.aggregate import VARIANT_NAME, load_config, run_name
 from ddpbench.io import atomic_write_text
 
 TEMPLATE = "report.html.j2"
-# Plot text is only numbers and fixed words: no run or config text goes into a figure, so
-# nothing user-controlled can reach the SVG (or be mis-read as matplotlib mathtext).
+# Plot text is only numbers, fixed words and variant names, which load_summary holds to
+# VARIANT_NAME (letters, digits, "_", ".", "-"): no other run or config text goes into a figure,
+# so nothing user-controlled can reach the SVG as markup (or be mis-read as matplotlib mathtext).
 SVG_STYLE = {
     "svg.fonttype": "none",  # text stays text; the browser's own sans-serif font renders it
     "svg.hashsalt": "ddpbench",  # deterministic clip-path ids: same inputs, same file
@@ -59,6 +60,7 @@ PARTS = [  # (label, colour) of the time breakdown, in stacking order
     ("evaluation", "#a78bfa"),
 ]
 SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
+VARIANT_PLOTS = {"variant_speed"}  # shown in the Variants section, not with the study's plots
 # What the page reads from summary.json; an older summary lacks some of it.
 SUMMARY_KEYS = (
     "generated_utc",
@@ -74,6 +76,8 @@ SUMMARY_KEYS = (
     "overlaps",
     "period",
     "shared_run_config",
+    "resource_model",
+    "variants",
 )
 
 
@@ -93,14 +97,32 @@ def load_summary(path: Path) -> dict:
             f"{path} lacks {', '.join(lacking)}: it was written by an older ddpbench; "
             "rerun python -m ddpbench.aggregate (with snakemake: delete the file and run snakemake again)"
         )
+    bad = [name for name in (summary["variants"] or {}).get("names", []) if not VARIANT_NAME.fullmatch(name)]
+    if bad:
+        raise ReportError(f"{path}: variant name {bad[0]!r} is not a safe name; rerun python -m ddpbench.aggregate")
     return summary
 
 
-def by_batch(rows: list[dict]) -> dict[int, list[dict]]:
+def by_group(rows: list[dict]) -> dict[tuple[str | None, int], list[dict]]:
+    """Rows by (variant, batch size), in summary.json's order (variants as configured), each by world size."""
     groups = defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r["batch_size"], r["world_size"])):
-        groups[row["batch_size"]].append(row)
+    for row in sorted(rows, key=lambda r: r["world_size"]):
+        groups[(row.get("variant"), row["batch_size"])].append(row)
     return dict(groups)
+
+
+def group_label(key: tuple[str | None, int], groups) -> str:
+    """A line's legend: its variant and batch size, each only where the plot has several."""
+    variant, bs = key
+    parts = [variant] if len({k[0] for k in groups}) > 1 else []
+    parts += [f"batch {bs}"] if len({k[1] for k in groups}) > 1 else []
+    return ", ".join(parts) or "measured"
+
+
+def row_label(row: dict, groups) -> str:
+    """ "W = 2", with its variant and batch size where the plot has several."""
+    label = group_label((row.get("variant"), row["batch_size"]), groups)
+    return f"W = {row['world_size']}" + ("" if label == "measured" else f", {label}")
 
 
 def num(value) -> float:
@@ -108,15 +130,16 @@ def num(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def run_key(d: dict) -> tuple[int, int, int]:
-    return int(d["world_size"]), int(d["batch_size"]), int(d["seed"])
+def full_name(d: dict) -> str:
+    """The run's name as its files are named: <variant>/ws<W>_bs<B>_seed<S> with variants."""
+    return run_name(int(d["world_size"]), int(d["batch_size"]), int(d["seed"]), d.get("variant"))
 
 
-def log_link(logs_dir: Path | None, out: Path, key: tuple[int, int, int]) -> str | None:
+def log_link(logs_dir: Path | None, out: Path, name: str) -> str | None:
     """Relative to the report's folder, so the pair can be moved or archived together."""
     if logs_dir is None:
         return None
-    target = Path(logs_dir) / f"{run_name(*key)}.log"
+    target = Path(logs_dir) / f"{name}.log"
     return Path(os.path.relpath(target.resolve(), out.resolve().parent)).as_posix()
 
 
@@ -125,9 +148,9 @@ def run_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
     return [
         {
             **r,
-            "name": run_name(*run_key(r)),
+            "name": full_name(r),
             "hosts": r["hostnames"].replace(",", ", "),
-            "log": log_link(logs_dir, out, run_key(r)),
+            "log": log_link(logs_dir, out, full_name(r)),
         }
         for r in summary["runs"]
     ]
@@ -135,7 +158,7 @@ def run_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
 
 def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
     return [
-        {**m, "name": run_name(*run_key(m)), "log": log_link(logs_dir, out, run_key(m))}
+        {"variant": None, **m, "name": full_name(m), "log": log_link(logs_dir, out, full_name(m))}
         for m in summary["missing_runs"]
     ]
 
@@ -162,10 +185,6 @@ def ci_errors(group: list[dict], mean: str, low: str, high: str) -> np.ndarray:
     return np.nan_to_num(np.vstack([m - series(group, low), series(group, high) - m]), nan=0.0)
 
 
-def batch_label(bs: int, many: bool) -> str:
-    return f"batch {bs}" if many else "measured"
-
-
 def world_size_plot(
     rows: list[dict],
     key: str,
@@ -174,28 +193,16 @@ def world_size_plot(
     title: str,
     scale: float = 1.0,
     from_zero: bool = True,
-    per_batch=None,
+    per_group=None,
     ideal=None,
 ) -> Figure:
-    """One line per batch size of ``key`` against the world size, with error bars.
+    """One line per (variant, batch size) of ``key`` against the world size, with error bars.
 
     ``yerr(group)`` gives the error bars; ``ideal(ax, sizes)`` draws a reference first;
-    ``per_batch(ax, group, sizes, values, colour)`` adds to each batch size's line."""
+    ``per_group(ax, group, sizes, values, colour)`` adds to each line."""
     fig = Figure(figsize=SINGLE, layout="constrained")
     ax = fig.add_subplot()
-    groups = by_batch(rows)
-    sizes = [r["world_size"] for r in rows]
-    if ideal:
-        ideal(ax, sorted(set(sizes)))
-    for i, (bs, g) in enumerate(groups.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        w, y = series(g, "world_size"), scale * series(g, key)
-        ax.errorbar(
-            w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour, label=batch_label(bs, len(groups) > 1)
-        )
-        if per_batch:
-            per_batch(ax, g, w, y, colour)
-    world_axis(ax, sizes)
+    draw_lines(ax, rows, key, yerr, scale, per_group, ideal)
     ax.set_ylabel(ylabel)
     if from_zero:
         ax.set_ylim(bottom=0)
@@ -204,9 +211,38 @@ def world_size_plot(
     return fig
 
 
+def draw_lines(ax, rows: list[dict], key: str, yerr, scale: float = 1.0, per_group=None, ideal=None) -> None:
+    """The lines of world_size_plot on ``ax``: one per (variant, batch size), a colour each."""
+    groups = by_group(rows)
+    sizes = [r["world_size"] for r in rows]
+    if ideal:
+        ideal(ax, sorted(set(sizes)))
+    for i, (group, g) in enumerate(groups.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        w, y = series(g, "world_size"), scale * series(g, key)
+        ax.errorbar(w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour, label=group_label(group, groups))
+        if per_group:
+            per_group(ax, g, w, y, colour)
+    world_axis(ax, sizes)
+
+
+def amdahl_for(amdahl: dict, variant: str | None, bs: int) -> float | None:
+    """summary.json's fitted serial fraction: {batch size: f}, or {variant: {batch size: f}} with variants
+    (keys are strings after JSON, numbers before)."""
+    fits = amdahl.get(variant, {}) if variant else amdahl
+    return fits.get(str(bs), fits.get(bs))
+
+
+def amdahl_list(amdahl: dict) -> list[dict]:
+    """The fits as {variant, batch_size, f} rows (variant None without variants)."""
+    if amdahl and all(isinstance(fits, dict) for fits in amdahl.values()):
+        return [{"variant": v, "batch_size": bs, "f": f} for v, fits in amdahl.items() for bs, f in fits.items()]
+    return [{"variant": None, "batch_size": bs, "f": f} for bs, f in amdahl.items()]
+
+
 def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
     def fit(ax, g, w, y, colour):
-        f = amdahl.get(str(g[0]["batch_size"]), amdahl.get(g[0]["batch_size"]))
+        f = amdahl_for(amdahl, g[0].get("variant"), g[0]["batch_size"])
         if f is not None:
             dense = np.linspace(min(w), max(w), 100)
             ax.plot(dense, 1.0 / (f + (1.0 - f) / dense), ":", color=colour, label=f"Amdahl fit, f = {f:.3f}")
@@ -217,7 +253,7 @@ def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
         lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
         "speedup T(1) / T(W)",
         "Speedup (95 % CI across seeds)",
-        per_batch=fit,
+        per_group=fit,
         ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"),
     )
 
@@ -237,7 +273,9 @@ def efficiency_plot(rows: list[dict]) -> Figure:
 def throughput_plot(rows: list[dict]) -> Figure:
     def ideal(ax, g, w, y, colour):
         if g[0]["world_size"] == 1:
-            ax.plot(w, y[0] * w, "--", color=colour, alpha=0.5, label="ideal (W × one worker)")
+            label = "ideal (W × one worker)"
+            once = label if label not in ax.get_legend_handles_labels()[1] else "_nolegend_"  # one entry for all
+            ax.plot(w, y[0] * w, "--", color=colour, alpha=0.5, label=once)
 
     return world_size_plot(
         rows,
@@ -245,7 +283,7 @@ def throughput_plot(rows: list[dict]) -> Figure:
         lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
         "training images / s",
         "Throughput (± std across seeds)",
-        per_batch=ideal,
+        per_group=ideal,
     )
 
 
@@ -262,9 +300,9 @@ def accuracy_plot(rows: list[dict]) -> Figure:
 
 def breakdown_plot(rows: list[dict]) -> Figure:
     """Mean seconds per run: training time split by the summary's shares, plus evaluation."""
-    many = len(by_batch(rows)) > 1
-    ordered = sorted(rows, key=lambda r: (r["batch_size"], r["world_size"]), reverse=True)
-    labels = [f"W = {r['world_size']}" + (f", batch {r['batch_size']}" if many else "") for r in ordered]
+    groups = by_group(rows)
+    ordered = [r for g in groups.values() for r in g][::-1]  # barh draws bottom up: first group on top
+    labels = [row_label(r, groups) for r in ordered]
     train = series(ordered, "train_time_mean_s")
     comm = np.nan_to_num(series(ordered, "comm_share"))  # untimed (CUDA): inside compute
     parts = [
@@ -289,19 +327,20 @@ def breakdown_plot(rows: list[dict]) -> Figure:
 
 
 def learning_curves_plot(curves: list[dict]) -> Figure:
-    """summary.json's mean test accuracy and loss per epoch, one line per (world size, batch size)."""
+    """summary.json's mean test accuracy and loss per epoch, one line per (variant, batch size, world
+    size): a colour per world size, a line style per (variant, batch size)."""
     fig = Figure(figsize=WIDE, layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
-    batches = sorted({c["batch_size"] for c in curves})
+    groups = list(dict.fromkeys((c.get("variant"), c["batch_size"]) for c in curves))
     sizes = sorted({c["world_size"] for c in curves})
-    for c in sorted(curves, key=lambda c: (c["batch_size"], c["world_size"])):
-        bs, ws = c["batch_size"], c["world_size"]
+    for c in curves:  # summary.json's order: variants as configured, then batch and world size
+        group, ws = (c.get("variant"), c["batch_size"]), c["world_size"]
         style = dict(
             color=PALETTE[sizes.index(ws) % len(PALETTE)],
             marker="o",
             markersize=3,
-            ls=["-", "--", ":", "-."][batches.index(bs) % 4],
-            label=f"W = {ws}" + (f", batch {bs}" if len(batches) > 1 else ""),
+            ls=["-", "--", ":", "-."][groups.index(group) % 4],
+            label=row_label(c, groups),
         )
         acc_ax.plot(c["epoch"], c["test_acc"], **style)
         loss_ax.plot(c["epoch"], c["test_loss"], **style)
@@ -314,6 +353,28 @@ def learning_curves_plot(curves: list[dict]) -> Figure:
         ax.set_ylabel(ylabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
     acc_ax.legend()
+    return fig
+
+
+def variant_speed_plot(speed: list[dict]) -> Figure:
+    """Throughput against the baseline's next to reaching the target against the baseline's, both as
+    speedups (summary.json's variants.speed_vs_accuracy), one line per (variant, batch size) in the
+    colours of the other plots; the baseline's line is 1."""
+    fig = Figure(figsize=WIDE, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, title in (
+        (axes[0], "throughput_speedup", "Throughput ÷ baseline's (images per second)"),
+        (axes[1], "time_to_target_speedup", "Baseline's time to target ÷ variant's"),
+    ):
+        draw_lines(
+            ax,
+            speed,
+            key,
+            lambda g, key=key: ci_errors(g, key, f"{key}_ci95_low", f"{key}_ci95_high"),
+        )
+        ax.set_ylabel("speedup against the baseline")
+        ax.set_title(title + " (95 % CI)")
+    axes[0].legend()
     return fig
 
 
@@ -337,7 +398,11 @@ def inline_svg(svg: str, name: str) -> Markup:
 def make_plots(summary: dict) -> list[dict]:
     """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
     rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
-    fits = ", ".join(f"f = {f:.3f} at batch {bs}" for bs, f in amdahl.items() if f is not None)
+    fits = ", ".join(
+        f"f = {a['f']:.3f} at " + (f"{a['variant']}, " if a["variant"] else "") + f"batch {a['batch_size']}"
+        for a in amdahl_list(amdahl)
+        if a["f"] is not None
+    )
     specs = [
         (
             "speedup",
@@ -374,13 +439,28 @@ def make_plots(summary: dict) -> list[dict]:
         ),
     ]
     plots = []
-    for name, wide, caption, build in specs:
+    for name, wide, caption, build in specs + variant_specs(summary["variants"]):
         if name == "learning_curves" and not summary["learning_curves"]:
             continue
         with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
             svg = svg_text(build())
-        plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg})
+        section = "variants" if name in VARIANT_PLOTS else "plots"
+        plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg, "section": section})
     return plots
+
+
+def variant_specs(variants: dict | None) -> list[tuple]:
+    """The Variants section's plot, when the study has variants."""
+    if not variants:
+        return []
+    baseline = variants["baseline"]
+    caption = (
+        f"Each variant against the baseline ({baseline}, at 1) at the same world size and batch size, paired by "
+        "seed (95 % CI). "
+        "Left: images per second; right: how much sooner it reaches the target accuracy. A variant above 1 on the "
+        "left but not on the right trains faster per image but needs more epochs to reach the target."
+    )
+    return [("variant_speed", True, caption, lambda: variant_speed_plot(variants["speed_vs_accuracy"]))]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -407,6 +487,16 @@ def raw(value) -> str:
     return "" if value is None else repr(value)
 
 
+def outside(low, high, null: float) -> bool:
+    """Whether a 95 % interval excludes ``null`` (1 for a ratio, 0 for a difference): a marked cell."""
+    return low is not None and high is not None and (low > null or high < null)
+
+
+def study_tables(rows: list[dict]) -> list[dict]:
+    """The scaling tables: one per (variant, batch size), its rows by world size."""
+    return [{"variant": v, "batch_size": bs, "rows": g} for (v, bs), g in by_group(rows).items()]
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("ddpbench", "templates"),
@@ -419,6 +509,7 @@ def environment() -> jinja2.Environment:
     env.filters["raw"] = raw
     env.filters["when"] = when
     env.filters["listing"] = listing
+    env.globals["outside"] = outside
     return env
 
 
@@ -437,7 +528,8 @@ def render(
         .get_template(TEMPLATE)
         .render(
             summary=summary,
-            tables=by_batch(summary["rows"]),
+            tables=study_tables(summary["rows"]),
+            amdahl=amdahl_list(summary.get("amdahl_serial_fraction") or {}),
             config_source="workflow config"
             if config is not None
             else "options shared by every run (no --config given)",
@@ -454,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddpbench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--summary", type=Path, required=True, help="summary.json from python -m ddpbench.aggregate")
     p.add_argument("--config", type=Path, help="the workflow's resolved config (YAML or JSON) to show")
-    p.add_argument("--logs-dir", type=Path, help="folder of ws<W>_bs<B>_seed<S>.log files to link to")
+    p.add_argument(
+        "--logs-dir", type=Path, help="folder of ws<W>_bs<B>_seed<S>.log (with variants <variant>/...) files to link to"
+    )
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--plots-dir", type=Path, help="also write each plot as <name>.svg here")
     args = p.parse_args(argv)
