@@ -6,6 +6,7 @@ behaviour on top of it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ RUNS = [f"ws{w}_bs128_seed{s}" for w in (1, 2) for s in (0, 1)]
 
 
 def copy_repo(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
@@ -209,23 +211,29 @@ def test_adding_a_seed_runs_only_the_new_jobs(workdir):
     assert [r["n_seeds"] for r in json.loads((workdir / "results/summary.json").read_text())["rows"]] == [3, 3]
 
 
-def _launcher_pid(out: Path) -> int:
-    """The torchrun process that trains towards ``out``."""
+def _processes_writing(out: Path) -> list[int]:
+    """The launcher, torchrun and ranks of the run that writes ``out``."""
+    pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(b"torchrun" in part for part in cmdline[:2]) and str(out).encode() in cmdline:
-            return int(proc.name)
+        if str(out).encode() in cmdline and b"ddpbench.train" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _launcher_pid(out: Path) -> int:
+    """The torchrun process that trains towards ``out``."""
+    for pid in _processes_writing(out):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if any(b"torchrun" in part for part in cmdline[:2]):
+            return pid
     raise AssertionError(f"no torchrun process writing {out}")
 
 
-@pytest.mark.parametrize("how", ["ctrl_c", "killed_job"])
-def test_interrupted_run_leaves_no_trusted_result(workdir, how):
-    """Ctrl-C (SIGINT to the terminal's process group) or a killed training job: no run JSON
-    appears, and the next invocation runs the job again."""
-    seed = 7 if how == "ctrl_c" else 8
+def _start_long_run(workdir: Path, how: str, seed: int) -> tuple[subprocess.Popen, str, Path, Path]:
     config = write_config(
         workdir, f"long-{how}.yaml", {**GRID, "grid": {"world_sizes": [1], "seeds": [seed]}, "train": {"epochs": 100}}
     )
@@ -240,25 +248,73 @@ def test_interrupted_run_leaves_no_trusted_result(workdir, how):
         text=True,
         start_new_session=True,
     )
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "Epoch [1/100]" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    return proc, config, target, Path("results/runs") / f"{name}.json"
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "killed_job", "killed_snakemake"])
+def test_interrupted_run_leaves_no_trusted_result(workdir, how):
+    """Ctrl-C (SIGINT to the terminal's process group), a killed training job, or kill -9 of
+    Snakemake itself (an OOM kill, a lost SSH session): the launch ends within seconds, no run
+    JSON appears, and after `--unlock` the next invocation runs the job again."""
+    proc, config, target, relative = _start_long_run(workdir, how, seed={"ctrl_c": 7, "killed_job": 8}.get(how, 9))
     try:
-        deadline = time.monotonic() + 120
-        while not (log.exists() and "Epoch [1/100]" in log.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.5)
         if how == "ctrl_c":
             os.killpg(proc.pid, signal.SIGINT)
+        elif how == "killed_job":
+            os.kill(_launcher_pid(relative), signal.SIGKILL)
         else:
-            os.kill(_launcher_pid(Path("results/runs") / f"{name}.json"), signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=120)
-        time.sleep(3)  # an orphaned rank, were there one, would go on writing
+        deadline = time.monotonic() + 20
+        while _processes_writing(relative) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_writing(relative), "the training launch outlived its Snakemake"
+        time.sleep(6)  # an orphaned rank, were there one, would go on writing
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0
     assert not target.exists() and not list(target.parent.glob(".*.tmp"))
+    if how == "killed_snakemake":  # its lock on the working directory stays: the README says what to do
+        assert snakemake(workdir, "--configfile", config, "--unlock").returncode == 0
     dry = snakemake(workdir, "--configfile", config, "--dry-run")
     assert job_counts(dry.stdout)["train"] == 1
+
+
+def test_two_workflows_on_one_host_time_their_runs_one_after_the_other(tmp_path):
+    """Two copies of the workflow started at once: their timed runs queue on the host-wide lock,
+    never overlap, and the run that waited records how long."""
+    grid = {**GRID, "grid": {"world_sizes": [1, 2], "seeds": [0]}, "train": {"epochs": 2}}
+    copies = [copy_repo(tmp_path / name) for name in ("first", "second")]
+    procs = []
+    for workdir in copies:
+        config = write_config(workdir, "grid.yaml", grid)
+        procs.append(
+            subprocess.Popen(
+                [bin_path("snakemake"), "--cores", "all", "--configfile", config],
+                cwd=workdir,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    runs = [json.loads(path.read_text()) for w in copies for path in sorted((w / "results/runs").glob("*.json"))]
+    spans = sorted((r["timestamps"]["started_utc"], r["timestamps"]["finished_utc"]) for r in runs)
+    assert len(spans) == 4
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans)), spans
+    locks = [r["environment"]["timing_lock"] for r in runs]
+    assert all(lock["path"] == "/tmp/ddpbench-timing.lock" for lock in locks)
+    assert max(lock["wait_s"] for lock in locks) > 1.0  # someone queued behind the other workflow
+    logs = "".join(p.read_text() for w in copies for p in (w / "logs/train").glob("*.log"))
+    assert "waiting for the timing lock" in logs
 
 
 def test_partial_report_lists_what_is_missing(workdir):

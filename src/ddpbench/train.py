@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import batches as batches_mod
-from ddpbench import cache
+from ddpbench import cache, heartbeat
 from ddpbench.archive import CIFAR10_CLASSES
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, SkipAllReduce, ddp_hook
 from ddpbench.distributed import Dist, die_with_launcher, init_distributed, retain_freed_memory
@@ -543,6 +543,12 @@ def ddp_record(s: Session) -> dict:
     return {**layout, "ring_bytes_sent_per_rank_per_step": ring}
 
 
+def timing_lock() -> dict | None:
+    """The host-wide lock this launch queued on (ddpbench.launch), and how long it waited."""
+    path = os.environ.get("DDPBENCH_TIMING_LOCK")
+    return {"path": path, "wait_s": float(os.environ.get("DDPBENCH_TIMING_LOCK_WAIT_S", 0))} if path else None
+
+
 def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -> dict:
     started_utc = utc_now()
     s = set_up(options, d)
@@ -550,7 +556,9 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
     epochs, loop_s, time_to_target = run_epochs(s)
     per_rank = gather_objects(rank_facts(d, t_process, first_step_time))
     env = environment(d.device, d.backend, d.threads, d.cores_available)
-    env.update(hostnames=sorted({r["hostname"] for r in per_rank}), heap_retained=heap_retained)
+    env.update(
+        hostnames=sorted({r["hostname"] for r in per_rank}), heap_retained=heap_retained, timing_lock=timing_lock()
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "ok",
@@ -579,8 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(level, d.rank)
     try:
         log.debug("rank %d/%d on %s, %d threads, backend %s", d.rank, d.world_size, d.device, d.threads, d.backend)
-        result = train(options, d, t_process, heap_retained)
-        dist.barrier()  # every rank finished: only now is the run a result
+        # A peer that stops responding is named by the ranks that time out waiting for it.
+        with heartbeat.peer_heartbeats(d.rank, d.world_size):
+            result = train(options, d, t_process, heap_retained)
+            dist.barrier()  # every rank finished: only now is the run a result
         if d.rank == 0 and options.out:
             atomic_write_json(Path(options.out), result)
             log.info("wrote %s", options.out)

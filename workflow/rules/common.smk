@@ -115,6 +115,12 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={os.path.join(workflow.basedir, 'src')}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 ENV = "../../envs/ddpbench.yaml"
+# A training launch ends with the Snakemake that runs its shell (ddpbench.launch --watch-pid):
+# every Snakemake that reads this file, also the one srun starts in a cluster job, runs its jobs'
+# shells from its own process.
+os.environ["DDPBENCH_SNAKEMAKE_PID"] = str(os.getpid())
+# Timed runs of every workflow on this host queue here while they are meant to run alone.
+TIMING_LOCK = "/tmp/ddpbench-timing.lock"
 
 
 wildcard_constraints:
@@ -359,15 +365,19 @@ def pin_cores(wildcards, resources):
     return 1 if resources.get("bench_slot", 0) >= 1 and cap == 1 else "auto"
 
 
-def train_launcher(wildcards, threads):
+def train_launcher(wildcards, threads, resources):
     """torchrun on one node (a free rendezvous port), or srun starting one torchrun per node
-    that meet at c10d on the allocation's first node (the port derived from the job id)."""
+    that meet at c10d on the allocation's first node (the port derived from the job id); either
+    under ddpbench.launch, which ends it if Snakemake dies and, while timed runs are meant to run
+    alone (the same test as pin_cores), queues it on the host-wide timing lock."""
     world_size = int(wildcards.world_size)
     n = nodes(world_size)
+    launch = 'python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID"'
     if n == 1:
-        return f"torchrun --standalone --nproc-per-node {world_size}"
+        lock = f" --timing-lock {TIMING_LOCK}" if pin_cores(wildcards, resources) == 1 else ""
+        return f"{launch}{lock} -- torchrun --standalone --nproc-per-node {world_size}"
     return (
-        f"srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
+        f"{launch} -- srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
         f" torchrun --nnodes {n} --nproc-per-node {world_size // n}"
         ' --rdzv-backend c10d --rdzv-endpoint "$head:$port" --rdzv-id "$SLURM_JOB_ID"'
     )

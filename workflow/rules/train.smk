@@ -28,7 +28,7 @@ rule train:
         launcher=train_launcher,
     shell:
         # DDPBENCH_JOB_CPUS: the CPUs granted on this node, which threads_per_worker: auto divides.
-        "{params.rendezvous} DDPBENCH_LAUNCH_TIME=$(date +%s.%N) DDPBENCH_PIN={params.pin}"
+        "{params.rendezvous} DDPBENCH_PIN={params.pin}"
         " DDPBENCH_JOB_CPUS={threads} OMP_NUM_THREADS={params.omp_threads}"
         " {params.launcher} -m ddpbench.train --data {params.data_dir} --out {output}"
         " --batch-size {wildcards.batch_size} --seed {wildcards.seed} {params.options} > {log} 2>&1"

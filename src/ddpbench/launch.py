@@ -1,0 +1,362 @@
+"""Run a training launch (torchrun) so that it never outlives the Snakemake that started it,
+and so that timed launches on one host never run at the same time:
+
+    python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID" --timing-lock /tmp/ddpbench-timing.lock \\
+        -- torchrun --standalone --nproc-per-node 2 -m ddpbench.train ...
+
+``--watch-pid``: the process whose death ends the launch. Snakemake runs a job's shell from a
+worker thread of its own process, so the job's bash outlives a killed Snakemake (kill -9, an
+OOM kill, a lost SSH session) and so would torchrun and its ranks. The launcher checks every
+half second that the process is still the one it was (pid and start time, so a reused pid
+cannot fool it) and that its own parent (the job's shell) is still there, and otherwise stops
+the launch: SIGTERM to torchrun, SIGKILL to whatever is left after ``--grace-s``. It is a
+child subreaper, so ranks orphaned by torchrun (each runs in its own session) stay its
+descendants and are ended and reaped before it exits; torchrun in turn gets SIGTERM if the
+launcher itself is killed.
+
+``--timing-lock``: an exclusive flock taken before torchrun starts and held until every
+process of the launch has ended, so launches from any workflow on the host queue one after
+another. The child gets ``DDPBENCH_TIMING_LOCK`` (the path), ``DDPBENCH_TIMING_LOCK_WAIT_S``
+(seconds spent queueing) and ``DDPBENCH_LAUNCH_TIME`` (when the command was started, after the
+wait). The kernel releases the lock when the launcher dies, however it dies.
+
+SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to the command (a second one ends the launch
+at once). The exit code is the command's, or 128 + the signal that ended it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.5  # how often the watched process is checked while the command runs
+LOCK_POLL_S = 0.1  # how often a queued launch retries the lock
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def log(message: str) -> None:
+    print(f"ddpbench.launch: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks) of a process, None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the name before ")" may hold spaces and parentheses
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def ancestors() -> list[int]:
+    """This process's parent, its parent's parent, ... up to (not including) pid 0."""
+    chain, pid = [], os.getppid()
+    while pid > 0 and pid not in chain:
+        chain.append(pid)
+        info = proc_stat(pid)
+        pid = info[1] if info else 0
+    return chain
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root``, parents before their children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (info := proc_stat(int(entry))) is not None:
+            children.setdefault(info[1], []).append(int(entry))
+    found, queue = [], list(children.get(root, []))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
+
+
+class WatchedProcess:
+    """A process identified by pid and start time: a later process given the same pid is not it.
+
+    The launcher's parent (the job's shell) is watched too: if it is killed while Snakemake lives
+    on, Snakemake counts the job as failed, and the launch must not go on to write its output."""
+
+    def __init__(self, pid: int):
+        self.parent = os.getppid()
+        if pid not in ancestors():
+            raise SystemExit(
+                f"ddpbench.launch: --watch-pid {pid} is not an ancestor of this launcher (its Snakemake has "
+                "ended already, or the pid is wrong): pass the pid of the Snakemake process that runs the job"
+            )
+        self.pid = pid
+        self.start_ticks = proc_stat(pid)[2]
+
+    def gone(self) -> str | None:
+        """Why the launch has lost the process that started it, or None while it has not."""
+        info = proc_stat(self.pid)
+        if info is None or info[0] in "ZX" or info[2] != self.start_ticks:
+            return f"the watched process {self.pid} (Snakemake) has ended"
+        if os.getppid() != self.parent:
+            return f"the launcher's parent {self.parent} (the job's shell) has ended"
+        return None
+
+
+# --------------------------------------------------------------------------- the timing lock
+
+
+def open_lock_file(path: Path) -> int:
+    """Open (creating if needed) a lock file that every user of the host can queue on.
+
+    Only read access is needed for flock, so an existing file is opened read-only: that works on
+    another user's file, and without O_CREAT also where fs.protected_regular refuses O_CREAT on
+    it in a sticky directory such as /tmp. O_NOFOLLOW refuses a planted symlink; O_NONBLOCK keeps
+    a planted FIFO from blocking the open; the type check refuses anything but a regular file."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        os.fchmod(fd, 0o666)  # the umask would otherwise decide whether other users can open it
+    except FileExistsError:
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            raise SystemExit(
+                f"ddpbench.launch: cannot open the timing lock {path}: {exc.strerror}; "
+                "remove it if it is not a regular file, or pass another --timing-lock"
+            ) from exc
+    except OSError as exc:
+        raise SystemExit(
+            f"ddpbench.launch: cannot create the timing lock {path}: {exc.strerror}; "
+            "pass a --timing-lock in an existing directory every user of the host can write"
+        ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SystemExit(
+            f"ddpbench.launch: the timing lock {path} is not a regular file; remove it or pass another --timing-lock"
+        )
+    return fd
+
+
+def lock_holder(fd: int) -> str:
+    """Who holds the flock on ``fd``'s file, from /proc/locks (pid and command line where visible)."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another launch"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id and fields[4].isdigit():
+            return describe_process(int(fields[4]))
+    return "another launch"
+
+
+def describe_process(pid: int) -> str:
+    """'pid N in DIR (COMMAND)', with what /proc lets us read: the directory names the other workflow."""
+    text = f"pid {pid}"
+    with contextlib.suppress(OSError):
+        text += f" in {os.readlink(f'/proc/{pid}/cwd')}"
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        text += f" ({cmdline[:160]}{'...' if len(cmdline) > 160 else ''})"
+    return text
+
+
+def acquire_timing_lock(path: Path, launch: Launch) -> float | None:
+    """Take the exclusive flock, queueing behind any holder; the seconds waited, or None if the
+    launch was told to stop while it queued. The lock is held until this process exits.
+
+    Polls rather than blocks, so that a launch whose Snakemake dies, or that is interrupted,
+    while it queues gives up its place at once."""
+    fd = open_lock_file(path)
+    t0 = time.monotonic()
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        if not announced:
+            holder = lock_holder(fd)
+            log(f"waiting for the timing lock {path} held by {holder}: timed runs on this host go one at a time")
+            announced = True
+        if launch.reason_to_stop() is not None:
+            return None
+        time.sleep(LOCK_POLL_S)
+    waited = time.monotonic() - t0
+    if announced:
+        log(f"got the timing lock after {waited:.1f} s")
+    return waited
+
+
+# --------------------------------------------------------------------------- the launch
+
+
+class Launch:
+    """The command's process and the reasons to end it early (a signal, the watched process gone)."""
+
+    def __init__(self, watched: WatchedProcess | None, grace_s: float):
+        self.watched, self.grace_s = watched, grace_s
+        self.child: subprocess.Popen | None = None
+        self.signals: list[int] = []
+        self.forwarded = False  # whether the command has been asked to end
+        self.kill_deadline: float | None = None
+        for sig in FORWARDED:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+        if self.child is not None and not self.forwarded:
+            self.ask_to_end()
+
+    def ask_to_end(self) -> None:
+        """Pass the signal we got (else SIGTERM) on: torchrun then ends its ranks itself.
+
+        os.kill, not Popen.send_signal: that would reap the command, freeing its pid for reuse."""
+        self.forwarded = True
+        os.kill(self.child.pid, self.signals[0] if self.signals else signal.SIGTERM)
+
+    def reason_to_stop(self) -> str | None:
+        if self.signals:
+            return f"got {signal.Signals(self.signals[0]).name}"
+        return self.watched.gone() if self.watched is not None else None
+
+    def stop_code(self, returncode: int | None, reason: str | None) -> int:
+        """The exit code: the command's, or 128 + the signal that ended it (or that ended us)."""
+        if returncode is not None and returncode < 0:
+            return 128 - returncode
+        if returncode:
+            return returncode
+        if reason is None:
+            return 0 if returncode == 0 else 1
+        return 128 + (self.signals[0] if self.signals else signal.SIGTERM)
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        parent = os.getpid()
+
+        def die_with_launcher() -> None:  # runs in the child between fork and exec
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(128 + signal.SIGTERM)
+
+        # Its own process group: a terminal's Ctrl-C reaches the command once, through us.
+        self.child = subprocess.Popen(command, env=env, process_group=0, preexec_fn=die_with_launcher)  # noqa: PLW1509 (no other threads)
+
+    def supervise(self) -> int:
+        """Wait for the command, ending it if asked to or if the watched process dies."""
+        reason = None
+        while not self._exited(POLL_S if reason is None else 0.1):
+            now = time.monotonic()
+            if reason is None and (reason := self.reason_to_stop()) is not None:
+                log(f"{reason}: ending the launch")
+                if not self.forwarded:
+                    self.ask_to_end()
+                self.kill_deadline = now + self.grace_s
+            if reason is not None and (len(self.signals) > 1 or now >= self.kill_deadline):
+                log("the launch did not end in time: killing it")
+                break
+        code = self.stop_code(self._returncode(), reason)
+        self.end_every_descendant()
+        return code
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether the command has exited, leaving it unreaped (its pid cannot be reused meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = os.waitid(os.P_PID, self.child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None or time.monotonic() >= deadline:
+                return info is not None
+            time.sleep(0.05)
+
+    def _returncode(self) -> int | None:
+        info = os.waitid(os.P_PID, self.child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def end_every_descendant(self) -> None:
+        """SIGKILL whatever the launch left (orphaned ranks are ours: we are a subreaper) and reap it."""
+        self.forwarded = True  # the command's pid is about to be reaped: a late signal must not reach its reuser
+        deadline = time.monotonic() + max(self.grace_s, 5.0)
+        while pids := descendants(os.getpid()):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap_children()
+            if time.monotonic() > deadline:
+                log(f"processes {pids} did not end after SIGKILL (uninterruptible sleep?)")
+                return
+            time.sleep(0.05)
+        _reap_children()
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m ddpbench.launch",
+        description="Run a training launch that ends with the process that started it and, with "
+        "--timing-lock, never overlaps another timed launch on this host.",
+        usage="%(prog)s [--watch-pid PID] [--timing-lock PATH] [--grace-s S] -- COMMAND [ARG ...]",
+    )
+    p.add_argument(
+        "--watch-pid", type=int, help="end the launch when this ancestor (Snakemake) or the launcher's parent ends"
+    )
+    p.add_argument("--timing-lock", type=Path, help="queue on an exclusive flock of this file before starting")
+    p.add_argument("--grace-s", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = p.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("no command given: put it after --, e.g. -- torchrun --standalone ...")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ranks that torchrun leaves behind are reparented to us, not to init: we can end and reap them.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    watched = WatchedProcess(args.watch_pid) if args.watch_pid is not None else None
+    launch = Launch(watched, args.grace_s)
+    env = dict(os.environ)
+    if args.timing_lock is not None and (waited := acquire_timing_lock(args.timing_lock, launch)) is not None:
+        env.update(DDPBENCH_TIMING_LOCK=str(args.timing_lock.absolute()), DDPBENCH_TIMING_LOCK_WAIT_S=f"{waited:.3f}")
+    if (reason := launch.reason_to_stop()) is not None:
+        log(f"{reason}: not starting the launch")
+        return launch.stop_code(None, reason)
+    env["DDPBENCH_LAUNCH_TIME"] = f"{time.time():.6f}"
+    try:
+        launch.start(args.command, env)
+    except OSError as exc:
+        log(f"cannot start {args.command[0]}: {exc.strerror}")
+        return 127 if exc.errno == errno.ENOENT else 126
+    return launch.supervise()  # the lock is released when we exit, after every process of the launch
+
+
+if __name__ == "__main__":
+    sys.exit(main())
