@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def read_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     return found
 
 
-def _numpy_reconstruct():
+def _numpy_reconstruct() -> Callable:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
@@ -83,7 +84,7 @@ class AllowListUnpickler(pickle.Unpickler):
         ("numpy", "dtype"): lambda: np.dtype,
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Callable | type:
         resolve = self._ALLOWED.get((module, name))
         if resolve is None:
             raise pickle.UnpicklingError(

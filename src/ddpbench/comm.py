@@ -18,7 +18,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,7 @@ class BucketLayout:
         self.payload_bytes_per_step: int | None = None
         self._payload = 0
 
-    def add(self, bucket, payload_bytes: int) -> None:
+    def add(self, bucket: dist.GradBucket, payload_bytes: int) -> None:
         buffer = bucket.buffer()
         self.bucket_bytes[bucket.index()] = buffer.numel() * buffer.element_size()
         self._payload += payload_bytes
@@ -65,12 +66,12 @@ class BucketLayout:
 
 
 @contextlib.contextmanager
-def counting_allreduce_bytes(counter: list[int]):
+def counting_allreduce_bytes(counter: list[int]) -> Iterator[None]:
     """Count the bytes of every tensor handed to ``dist.all_reduce`` inside the block: what a
     hook really sends, whatever it compresses (DDP's hooks call it through the module)."""
     original = dist.all_reduce
 
-    def counted(tensor, *args, **kwargs):
+    def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         counter[0] += tensor.numel() * tensor.element_size()
         return original(tensor, *args, **kwargs)
 
@@ -88,7 +89,7 @@ class SkipAllReduce:
     def __init__(self):
         self.layout = BucketLayout()
 
-    def hook(self, state, bucket):
+    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
         self.layout.add(bucket, 0)
         future = torch.futures.Future()
         future.set_result(bucket.buffer())
@@ -119,7 +120,7 @@ class CommTimer:
         self._step = 0  # DDP hands buckets over in order: the last one ends a step
         self.layout = BucketLayout()
 
-    def hook(self, state, bucket):
+    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
         step, launched = self._step, time.perf_counter()
         if bucket.is_last():
             self._step += 1
@@ -130,7 +131,7 @@ class CommTimer:
         if not self.timed:
             return future
 
-        def record(fut):
+        def record(fut: torch.futures.Future) -> torch.Tensor:
             with self._lock:
                 self._intervals.append((step, launched, time.perf_counter()))
             return fut.value()
@@ -211,7 +212,7 @@ class SharedMemoryAllReduce:
         self._seconds = 0.0
         self.layout = BucketLayout()
 
-    def hook(self, state, bucket):
+    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
         self.layout.add(bucket, bucket.buffer().numel() * bucket.buffer().element_size())
         future = torch.futures.Future()
         self._pending.append((bucket.buffer(), future))

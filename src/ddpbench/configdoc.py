@@ -57,7 +57,7 @@ def resolve_ref(node: dict, root: dict) -> dict:
     return node
 
 
-def literal(value) -> str:
+def literal(value: object) -> str:
     """A value as it is written in config.yaml, in code format."""
     text = value if isinstance(value, str) else json.dumps(value).replace('"', "")
     return f"`{text}`"

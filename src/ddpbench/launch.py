@@ -217,7 +217,7 @@ class Launch:
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
 
-    def _on_signal(self, signum: int, frame) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)
         if self.child is not None and not self.forwarded:
             self.ask_to_end()

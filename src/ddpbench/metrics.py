@@ -44,14 +44,14 @@ class StepClock:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def mark(self):
+    def mark(self) -> float | torch.cuda.Event:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
         return time.perf_counter()
 
-    def seconds(self, start, end) -> float:
+    def seconds(self, start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
         if self.cuda:
             return start.elapsed_time(end) / 1000.0
         return end - start
@@ -148,7 +148,7 @@ def environment(device: torch.device, backend: str, threads_per_rank: int, cores
     }
 
 
-def gather_objects(obj) -> list:
+def gather_objects(obj: object) -> list:
     """All ranks' ``obj`` in rank order (a collective: every rank must call it)."""
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def add(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         MODELS[name] = constructor
         return constructor
@@ -52,7 +53,7 @@ class SimpleCNN(nn.Module):
             nn.Linear(512, num_classes),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
