@@ -104,6 +104,29 @@ def test_ddp_settings_shape_the_buckets_and_the_bytes_sent(synthetic_cache, tmp_
     assert ddp["fp16"]["ring_bytes_sent_per_rank_per_step"] == gradient_bytes // 2  # 2 (W - 1) / W = 1 at W = 2
 
 
+@pytest.mark.parametrize("damage", ["truncated", "same_size_noise"])
+def test_a_damaged_cache_stops_the_run_naming_the_file(synthetic_cache, tmp_path, damage):
+    """A cut-off copy, or the same bytes count of noise (which would train silently to chance):
+    the run fails before training, naming the file and how to rebuild the cache."""
+    import shutil
+
+    cache = shutil.copytree(synthetic_cache, tmp_path / "cache")
+    images = cache / "train_images.npy"
+    size = images.stat().st_size
+    with open(images, "r+b") as fh:
+        if damage == "truncated":
+            fh.truncate(size // 2)
+        else:
+            fh.seek(size // 2)
+            fh.write(os.urandom(size - size // 2))
+    out = tmp_path / "run.json"
+    result = run(torchrun_cmd(2, "--data", str(cache), "--out", str(out), "--epochs", "1", "--quiet"))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and not out.exists()
+    assert "train_images.npy" in output and "--forcerun synthetic_cache" in output, output[-3000:]
+    assert ("size" if damage == "truncated" else "sha256") in output
+
+
 def test_shared_memory_without_room_is_a_clear_error(tmp_path):
     from ddpbench.comm import SharedMemoryError, _create_segment
 
