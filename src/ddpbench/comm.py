@@ -89,7 +89,8 @@ class SkipAllReduce:
     def __init__(self):
         self.layout = BucketLayout()
 
-    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
+    # No annotations: DDP's register_comm_hook checks them, and these would be strings (PEP 563).
+    def hook(self, state, bucket):  # noqa: ANN001, ANN201
         self.layout.add(bucket, 0)
         future = torch.futures.Future()
         future.set_result(bucket.buffer())
@@ -120,7 +121,8 @@ class CommTimer:
         self._step = 0  # DDP hands buckets over in order: the last one ends a step
         self.layout = BucketLayout()
 
-    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
+    # No annotations: DDP's register_comm_hook checks them, and these would be strings (PEP 563).
+    def hook(self, state, bucket):  # noqa: ANN001, ANN201
         step, launched = self._step, time.perf_counter()
         if bucket.is_last():
             self._step += 1
@@ -212,7 +214,8 @@ class SharedMemoryAllReduce:
         self._seconds = 0.0
         self.layout = BucketLayout()
 
-    def hook(self, state: object, bucket: dist.GradBucket) -> torch.futures.Future:
+    # No annotations: DDP's register_comm_hook checks them, and these would be strings (PEP 563).
+    def hook(self, state, bucket):  # noqa: ANN001, ANN201
         self.layout.add(bucket, bucket.buffer().numel() * bucket.buffer().element_size())
         future = torch.futures.Future()
         self._pending.append((bucket.buffer(), future))
