@@ -31,7 +31,7 @@ def schema_kinds(node: dict) -> tuple[set[str], set]:
 
 def dataclass_kinds(annotation) -> tuple[set[str], set]:
     plain, choices = opts.type_parts(annotation)
-    return {JSON_TYPES[t] for t in plain}, set(choices)
+    return {"object" if dataclasses.is_dataclass(t) else JSON_TYPES[t] for t in plain}, set(choices)
 
 
 def option_fields(cls) -> dict[str, dataclasses.Field]:
@@ -67,6 +67,7 @@ def test_the_command_line_round_trips_every_option():
     import argparse
 
     chosen = opts.RunOptions(
+        emulate_network=opts.NetworkLink(bandwidth_gbit=0.3),
         data="resources/my data",
         out=None,
         epochs=2,

@@ -14,12 +14,22 @@ no traffic reaches the host's network. Interface names are the same in every nam
 Everything is removed when the block ends, on an error, and on SIGTERM, SIGHUP or SIGINT.
 After a SIGKILL, ``cleanup_stale(prefix)`` removes what a dead owner left. Namespace names
 are PREFIX-PID-INDEX (and PREFIX-PID-hub), so live owners' namespaces can be told apart.
+
+A training run across such a network (what the workflow's ``train.emulate_network`` runs):
+
+    python -m ddpbench.netem launch --nodes 2 --bandwidth-gbit 1 -- -m ddpbench.train --data DIR --out run.json
+
+starts one torchrun agent with one rank in each namespace, each on its own CPUs where there are
+enough, hands the ranks the link as JSON (DDPBENCH_EMULATED_LINK, recorded in the run) and ends
+the agents, which also die with it if it is killed, and the network whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import json
 import os
 import re
 import shutil
@@ -112,6 +122,11 @@ def shape(namespace: str, device: str, bandwidth_gbit: float, latency_us: float 
         _run(*tc, "root", *tbf)
 
 
+def check_prefix(prefix: str) -> None:
+    if not _NAME.match(prefix):
+        raise EmulationError(f"prefix {prefix!r}: use 1 to 24 letters, digits, '_' or '.'")
+
+
 def namespaces(prefix: str) -> list[str]:
     """Names of the network namespaces that start with ``prefix``-."""
     listed = _run("ip", "netns", "list").stdout.split("\n")
@@ -167,8 +182,7 @@ class EmulatedNetwork:
     ):
         if not 2 <= size <= 253:
             raise EmulationError(f"an emulated network needs 2 to 253 namespaces, got {size}")
-        if not _NAME.match(prefix) or "-" in prefix:
-            raise EmulationError(f"prefix {prefix!r}: use 1 to 24 letters, digits, '_' or '.'")
+        check_prefix(prefix)
         if not re.fullmatch(r"10\.\d{1,3}\.\d{1,3}", subnet):
             raise EmulationError(f"subnet {subnet!r}: give the first three octets of a private 10.x.y.0/24")
         self.size, self.bandwidth_gbit, self.latency_us, self.prefix = size, bandwidth_gbit, latency_us, prefix
@@ -320,6 +334,202 @@ class EmulatedNetwork:
         self._previous_handlers = {}
 
 
+# --------------------------------------------------------------------------- launch: one torchrun agent per namespace
+
+AGENT_GRACE_S = 5.0  # SIGTERM to SIGKILL; ddpbench.launch kills everything 10 s after its own SIGTERM
+PR_SET_PDEATHSIG = 1
+
+
+def log(message: str) -> None:
+    print(f"ddpbench.netem: {message}", file=sys.stderr, flush=True)
+
+
+def agent_cpus(nodes: int) -> list[list[int]] | None:
+    """The CPUs of each agent (a block per namespace, in the launcher's affinity order), or None: leave
+    the ranks unpinned. Pins as ddpbench.distributed.pin_to_cores decides: not with DDPBENCH_PIN=0, nor
+    when this launch was granted fewer CPUs than it sees (DDPBENCH_JOB_CPUS; another job may share
+    them) unless DDPBENCH_PIN=1, nor with more ranks than granted CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    granted = granted_cpus(len(cpus))
+    setting = os.environ.get("DDPBENCH_PIN", "")
+    per_agent = granted // nodes
+    if per_agent < 1 or setting == "0" or (setting != "1" and granted < len(cpus)):
+        return None
+    return [cpus[i * per_agent : (i + 1) * per_agent] for i in range(nodes)]
+
+
+def agent_env(link: dict, cpus_per_agent: int | None, nodes: int) -> dict[str, str]:
+    """The agents' environment: the link to record, and the CPUs that threads_per_worker: auto divides
+    (each agent is a node of one rank, so the engine must not count the whole machine as its own)."""
+    env = {**os.environ, "DDPBENCH_EMULATED_LINK": json.dumps(link)}
+    if cpus_per_agent is not None:
+        env["DDPBENCH_JOB_CPUS"] = str(cpus_per_agent)
+    else:  # every rank is local rank 0: pinning would put them all on the first core
+        env.update(DDPBENCH_JOB_CPUS=str(max(1, granted_cpus(len(os.sched_getaffinity(0))) // nodes)), DDPBENCH_PIN="0")
+    return env
+
+
+def granted_cpus(seen: int) -> int:
+    """ddpbench.distributed.job_cpus's rule (the CPUs the workflow granted, DDPBENCH_JOB_CPUS, within
+    those seen), here so that the launcher does not import torch."""
+    granted = os.environ.get("DDPBENCH_JOB_CPUS", "")
+    return min(seen, int(granted)) if granted.isdigit() and int(granted) > 0 else seen
+
+
+def _agent_preexec(cpus: list[int] | None):
+    """Runs in each agent between fork and exec: it gets SIGTERM when the launcher dies, however it dies
+    (the namespaces outlive a SIGKILL; the agents must not), and its CPUs."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(128 + signal.SIGTERM)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    return preexec
+
+
+def agent_argvs(net: EmulatedNetwork | None, args: Sequence[str]) -> list[list[str]]:
+    """One torchrun agent per namespace; a single rank (no network) runs a standalone torchrun."""
+    if net is None:
+        return [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", *args]]
+    run_id = f"netem-{os.getpid()}"
+    return [[*net.exec_prefix(i), *net.torchrun(i, args, run_id)] for i in range(net.size)]
+
+
+def _relay(stream, sink, prefix: bytes, lock: threading.Lock) -> None:
+    """Copy an agent's output line by line to the launcher's, each line prefixed with its node. Reads to
+    the end even where the launcher's output has gone, so that no agent blocks on a full pipe."""
+    for line in iter(stream.readline, b""):
+        with lock, contextlib.suppress(OSError, ValueError):
+            sink.write(prefix + line)
+            sink.flush()
+    stream.close()
+
+
+def start_agents(
+    argvs: list[list[str]], cpus: list[list[int]] | None, env: dict[str, str], procs: list[subprocess.Popen]
+) -> None:
+    """Start every agent, each added to ``procs`` at once (for the clean-up, should a signal come), then
+    relay their output: the threads only after the forks, as preexec_fn and threads do not mix."""
+    for i, argv in enumerate(argvs):
+        preexec = _agent_preexec(cpus[i] if cpus else None)
+        procs.append(
+            subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
+        )
+    lock = threading.Lock()
+    for i, proc in enumerate(procs):
+        prefix = f"[node {i}] ".encode() if len(procs) > 1 else b""
+        for stream, sink in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
+            threading.Thread(target=_relay, args=(stream, sink, prefix, lock), daemon=True).start()
+
+
+def exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def wait_for_agents(procs: list[subprocess.Popen]) -> int:
+    """Wait for every agent; the first non-zero exit ends the others and is the launch's exit code."""
+    while running := [p for p in procs if p.poll() is None]:
+        failed = [p for p in procs if p.returncode]
+        if failed:
+            code = exit_code(failed[0].returncode)
+            log(f"node {procs.index(failed[0])} exited with {code}: ending the other {len(running)}")
+            end_agents(procs)
+            return code
+        time.sleep(0.1)
+    return next((exit_code(p.returncode) for p in procs if p.returncode), 0)
+
+
+def end_agents(procs: list[subprocess.Popen], grace_s: float = AGENT_GRACE_S) -> None:
+    """SIGTERM every agent still running (torchrun then ends its rank), SIGKILL those left after ``grace_s``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def single_rank_link(bandwidth_gbit: float, latency_us: float) -> dict:
+    """What a run of one rank records: the link it was configured with, though nothing crosses it."""
+    return {
+        "namespaces": 0,
+        "bandwidth_gbit": bandwidth_gbit,
+        "latency_us": latency_us,
+        "topology": "none",
+        "shaping": "none",
+        "ifname": None,
+        "addresses": [],
+    }
+
+
+def launch(
+    nodes: int, bandwidth_gbit: float, latency_us: float, args: Sequence[str], prefix: str = DEFAULT_PREFIX
+) -> int:
+    """Run ``args`` (torchrun's, after its options) with one rank in each of ``nodes`` namespaces joined by
+    shaped links; the exit code is the first non-zero one of the agents, or 128 + the signal that ended
+    the launch. Whatever happens, the agents end and the namespaces go before this returns."""
+    check_prefix(prefix)
+    require_emulation(bandwidth_gbit, latency_us)
+    for name in cleanup_stale(prefix):
+        log(f"removed network namespace {name}, left by a launch that was killed")
+    cpus = agent_cpus(nodes)
+    received: list[int] = []
+    previous = _leave_on_signals(received)
+    procs: list[subprocess.Popen] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            net = stack.enter_context(EmulatedNetwork(nodes, bandwidth_gbit, latency_us, prefix)) if nodes > 1 else None
+            _leave_on_signals(received)  # in place of the network's own handlers, which it restores on closing
+            link = net.describe() if net else single_rank_link(bandwidth_gbit, latency_us)
+            log(describe_launch(link, cpus))
+            try:
+                env = agent_env(link, len(cpus[0]) if cpus else None, nodes)
+                start_agents(agent_argvs(net, args), cpus, env, procs)
+                return wait_for_agents(procs)
+            finally:
+                for sig in LEAVING_SIGNALS:  # a second signal must not cut the clean-up short
+                    signal.signal(sig, signal.SIG_IGN)
+                if received:
+                    log(f"got {signal.Signals(received[0]).name}: ending the agents and removing the network")
+                end_agents(procs)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _leave_on_signals(received: list[int]) -> dict:
+    """Turn SIGINT, SIGTERM and SIGHUP into SystemExit(128 + signal), noted in ``received``; the previous handlers."""
+
+    def leave(signum, frame):
+        received.append(signum)
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, leave) for sig in LEAVING_SIGNALS}
+
+
+def describe_launch(link: dict, cpus: list[list[int]] | None) -> str:
+    latency = f", {link['latency_us']:g} us each way" if link["latency_us"] else ""
+    where = (
+        f"{link['namespaces']} namespaces joined by a {link['topology']}" if link["namespaces"] else "one rank, no link"
+    )
+    if cpus:
+        pinning = "pinned: " + ", ".join(f"node {i} on CPU {','.join(map(str, c))}" for i, c in enumerate(cpus))
+    else:
+        pinning = "ranks not pinned (more ranks than granted CPUs, DDPBENCH_PIN=0, or CPUs shared with other jobs)"
+    return f"{where} at {link['bandwidth_gbit']:g} Gbit/s{latency}; {pinning}"
+
+
 @contextlib.contextmanager
 def emulated_network(
     size: int, bandwidth_gbit: float, latency_us: float = 0.0, prefix: str = DEFAULT_PREFIX
@@ -329,7 +539,13 @@ def emulated_network(
         yield net
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def node_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 253:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the number of ranks, 1 to 253 (one namespace each)")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m ddpbench.netem", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="exit 0 if this link can be emulated here, else say why (exit 2)")
@@ -338,16 +554,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     clean = sub.add_parser("cleanup", help="remove namespaces left by dead owners (after a SIGKILL)")
     clean.add_argument("--prefix", default=DEFAULT_PREFIX)
     clean.add_argument("--all", action="store_true", help="also those of owners still running")
+    run = sub.add_parser(
+        "launch",
+        help="one torchrun agent with one rank per namespace, the namespaces joined by shaped links",
+        usage="python -m ddpbench.netem launch --nodes W --bandwidth-gbit G [--latency-us U] [--prefix P] "
+        "-- -m ddpbench.train ...",
+        description="Start W namespaces joined by links shaped to G Gbit/s (and U us each way, where the kernel "
+        "has netem), one torchrun agent with one rank in each (c10d rendezvous on namespace 0, gloo on the "
+        "shaped interface), each agent on its own CPUs where there are enough. The ranks get "
+        "DDPBENCH_EMULATED_LINK, the link as JSON. Exits with the first non-zero exit code of the agents; "
+        "the agents end and the namespaces go on exit, on a failure and on SIGTERM, SIGINT or SIGHUP.",
+    )
+    run.add_argument("--nodes", type=node_count, required=True, help="ranks, one namespace each")
+    run.add_argument("--bandwidth-gbit", type=float, required=True, help="each link's rate, each way")
+    run.add_argument("--latency-us", type=float, default=0.0, help="one-way delay; > 0 needs netem (default 0)")
+    run.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"namespace names' prefix (default {DEFAULT_PREFIX})")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="torchrun's arguments after its options, after --")
     args = p.parse_args(argv)
+    if args.command == "launch":
+        args.args = args.args[1:] if args.args[:1] == ["--"] else args.args
+        if not args.args:
+            run.error("nothing to run: put torchrun's arguments after --, e.g. -- -m ddpbench.train --data DIR")
+    return p, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p, args = parse_args(argv)
     try:
         if args.command == "check":
             require_emulation(args.bandwidth_gbit, args.latency_us)
-        else:
+        elif args.command == "cleanup":
             for name in cleanup_stale(args.prefix, include_live=args.all):
                 print(f"removed network namespace {name}")
+        else:
+            return launch(args.nodes, args.bandwidth_gbit, args.latency_us, args.args, args.prefix)
     except EmulationError as exc:
         p.exit(2, f"ddpbench.netem: {exc}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,6 +25,14 @@ from typing import Any, Literal
 Auto = Literal["auto"]
 
 
+@dataclass(frozen=True)
+class NetworkLink:
+    """An emulated link between the ranks' network namespaces."""
+
+    bandwidth_gbit: float
+    latency_us: float = 0.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     """The ``train:`` section of the workflow configuration."""
@@ -84,6 +92,9 @@ class TrainOptions:
     """Batch size for evaluation."""
     timeout: float = 60.0
     """Seconds a rank waits for a silent peer before the run fails."""
+    emulate_network: NetworkLink | None = None
+    """Run each rank in its own network namespace, joined by links shaped with tc (Linux, root): {bandwidth_gbit: 1},
+    with latency_us where the kernel has netem; null: the ranks talk as usual."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +158,12 @@ def parse_value(text: str, annotation: Any, name: str) -> Any:
         return text
     if type(None) in plain and text.lower() in ("null", "none"):
         return None
+    for kind in plain:
+        if dataclasses.is_dataclass(kind):
+            try:
+                return kind(**json.loads(text))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{text!r} is not a JSON object of {kind.__name__}'s fields ({err})") from None
     for kind in (bool, int, float, str):
         if kind in plain:
             try:
@@ -181,6 +198,8 @@ def _argument_type(annotation: Any, name: str):
 
 def format_value(value: Any) -> str:
     """The command-line form of a value (``parse_value`` reads it back)."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
     return value if isinstance(value, str) else json.dumps(value)
 
 

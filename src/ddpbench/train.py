@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -557,7 +558,10 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
     per_rank = gather_objects(rank_facts(d, t_process, first_step_time))
     env = environment(d.device, d.backend, d.threads, d.cores_available)
     env.update(
-        hostnames=sorted({r["hostname"] for r in per_rank}), heap_retained=heap_retained, timing_lock=timing_lock()
+        hostnames=sorted({r["hostname"] for r in per_rank}),
+        heap_retained=heap_retained,
+        timing_lock=timing_lock(),
+        emulated_link=json.loads(os.environ.get("DDPBENCH_EMULATED_LINK", "null")),  # set by ddpbench.netem launch
     )
     return {
         "schema_version": SCHEMA_VERSION,

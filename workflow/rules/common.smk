@@ -2,6 +2,7 @@ import copy
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import jsonschema
 import yaml
@@ -375,12 +376,43 @@ def train_launcher(wildcards, threads, resources):
     launch = 'python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID"'
     if n == 1:
         lock = f" --timing-lock {TIMING_LOCK}" if pin_cores(wildcards, resources) == 1 else ""
-        return f"{launch}{lock} -- torchrun --standalone --nproc-per-node {world_size}"
+        return f"{launch}{lock} -- {one_node_launcher(world_size, variant_options(wildcards))}"
     return (
         f"{launch} -- srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
         f" torchrun --nnodes {n} --nproc-per-node {world_size // n}"
         ' --rdzv-backend c10d --rdzv-endpoint "$head:$port" --rdzv-id "$SLURM_JOB_ID"'
     )
+
+
+def one_node_launcher(world_size, options):
+    """torchrun with a free rendezvous port; or, with emulate_network, one torchrun agent per
+    rank, each in its own network namespace, joined by shaped links."""
+    link = options.get("emulate_network")
+    if link is None:
+        return f"torchrun --standalone --nproc-per-node {world_size}"
+    return (
+        f"python -m ddpbench.netem launch --nodes {world_size} --bandwidth-gbit {link['bandwidth_gbit']}"
+        f" --latency-us {link.get('latency_us', 0)} --"
+    )
+
+
+def check_emulated_networks():
+    """Emulated links need root and tc (and netem for latency): say so before any job."""
+    if not workflow.is_main_process:
+        return
+    for name in [None, *(VARIANTS or {})]:
+        link = variant_options(SimpleNamespace(variant=name)).get("emulate_network")
+        if link is not None:
+            from ddpbench.netem import EmulationError, require_emulation
+
+            try:
+                require_emulation(link["bandwidth_gbit"], link.get("latency_us", 0))
+            except EmulationError as err:
+                where = f"grid.variants.{name}.train" if name else "train"
+                raise ValueError(f"config {where}.emulate_network: {err}") from None
+
+
+check_emulated_networks()
 
 
 def rendezvous(wildcards):
