@@ -14,7 +14,13 @@ report: "report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/report.smk"
+
+
+# Set by common.smk in every Snakemake that reads it: the process a training launch ends with.
+envvars:
+    "DDPBENCH_SNAKEMAKE_PID",
 
 
 rule all:

@@ -219,6 +219,21 @@ def prepare_data(args) -> None:
     args.data_meta = read_meta(args.data)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: where bf16 autocast can beat fp32 on the CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def measure_bf16(args: argparse.Namespace) -> bool:
+    if args.device != "cpu" or args.precision != "fp32" or args.bf16 == "off":
+        return False
+    return args.bf16 == "on" or cpu_has_fast_bf16()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="dataset cache (default: resources/cifar10, else synthetic)")
@@ -231,6 +246,12 @@ def main() -> int:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--max-world-size", type=int, help="default: the cores (cpu) or GPUs (cuda)")
     p.add_argument("--skip-classic", action="store_true", help="leave out the per-sample DataLoader pipeline")
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also measure bf16 autocast at world size 1 (auto: on a CPU with AMX or AVX512-BF16)",
+    )
     p.add_argument("--out", type=Path, help="JSON to write (default: bench/results/<host>-<device>.json)")
     args = p.parse_args()
     prepare_data(args)
@@ -251,6 +272,12 @@ def main() -> int:
         plan.insert(
             2, (f"compute_bound_{threads_1}t_system_heap", lambda: compute_bound(threads_1, args, heap="system"))
         )
+    bf16 = argparse.Namespace(**{**vars(args), "precision": "bf16"})
+    if measure_bf16(args):  # against the fp32 engine and the bf16 compute bound, in the same run
+        plan += [
+            (f"compute_bound_{threads_1}t_bf16", lambda: compute_bound(threads_1, bf16)),
+            ("engine_ws1_bf16", lambda: engine(1, threads_1, "resident", bf16)),
+        ]
     if not args.skip_classic:
         plan += [
             ("per_sample_dataloader_ws1", lambda: engine(1, threads_1, "dataloader", args)),
@@ -304,6 +331,9 @@ def main() -> int:
         targets["retained_heap_vs_system_heap"] = (
             med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_system_heap"]
         )
+    if measure_bf16(args):
+        targets["ws1_bf16_vs_bf16_compute_bound"] = med["engine_ws1_bf16"] / med[f"compute_bound_{threads_1}t_bf16"]
+        targets["ws1_bf16_vs_ws1_fp32"] = med["engine_ws1_bf16"] / med["engine_ws1"]
     if not args.skip_classic:
         targets["ws1_vs_study_pipeline"] = med["engine_ws1"] / med["study_pipeline_ws1"]
         targets["ws1_vs_per_sample_dataloader"] = med["engine_ws1"] / med["per_sample_dataloader_ws1"]

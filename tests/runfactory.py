@@ -224,3 +224,40 @@ def write_grid(
                     path.write_text(json.dumps(run))
                     paths.append(path)
     return paths, expected
+
+
+COMM_SIZES = [8 * 4**k for k in range(12)] + [64 * 2**20]
+
+
+def make_comm(
+    world_size: int, alpha_s: float = 50e-6, bandwidth_bytes_s: float = 1e9, buckets=(4_194_304, 397_352)
+) -> dict:
+    """A ddpbench.commbench output whose timings follow the ring all-reduce exactly:
+    T(n, W) = 2 (W - 1) alpha + 2 (W - 1) / W * n / B, for the sweep and for the given DDP buckets."""
+
+    def point(nbytes: int) -> dict:
+        seconds = 2 * (world_size - 1) * alpha_s + 2 * (world_size - 1) / world_size * nbytes / bandwidth_bytes_s
+        return {"bytes": nbytes, "median_s": seconds, "min_s": seconds, "max_s": seconds, "reps": 5}
+
+    return {
+        "schema": "ddpbench.commbench/1",
+        "created_utc": _stamp(0),
+        "world_size": world_size,
+        "backend": "gloo",
+        "model": "simple_cnn",
+        "environment": {"hostname": "node-a", "backend": "gloo", "device": "cpu", "world_size": world_size},
+        "statistic": "median over repetitions of the slowest rank's time per all-reduce",
+        "sweep": [point(n) for n in COMM_SIZES],
+        "buckets": [point(n) for n in buckets],
+    }
+
+
+def write_comm(folder: Path, world_sizes, **kwargs) -> list[Path]:
+    """make_comm's output for each world size, as the workflow names them (folder/ws<W>.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ws in world_sizes:
+        path = folder / f"ws{ws}.json"
+        path.write_text(json.dumps(make_comm(ws, **kwargs)))
+        paths.append(path)
+    return paths

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 from conftest import RUN_SCHEMA
-from runfactory import make_run, write_grid
+from runfactory import make_comm, make_run, write_comm, write_grid
 
 from ddpbench import aggregate as agg
 
@@ -569,3 +569,154 @@ def test_a_set_thread_count_is_checked_against_the_run(tmp_path):
         agg.AggregateError, match=r"config.threads_per_worker is 2 but .* grid.variants.t1.train.threads_per_worker: 1"
     ):
         variant_study(tmp_path, config, variants)
+
+
+# --------------------------------------------------------------------------- the scaling prediction
+
+PREDICT_CONFIG = {
+    **GRID_CONFIG,
+    "predict": {"max_world_size": 64, "networks": {"1GbE": {"bandwidth_gbit": 1, "latency_us": 50}}},
+}
+
+
+def predicted_study(tmp_path, comm_world_sizes=(2,), config=PREDICT_CONFIG):
+    """Two seeds at W = 1 and 2 with chosen times (one epoch: 16 and 8 steps of batch 128) and the
+    all-reduce timings of a ring with alpha = 50 us, B = 1e9 B/s."""
+    times = {1: 1.6, 2: 1.0}
+    paths = [
+        write_run(tmp_path, f"ws{ws}_bs128_seed{seed}", make_run(ws, 128, seed, epochs=1, train_time=times[ws]))
+        for ws in (1, 2)
+        for seed in (0, 1)
+    ]
+    comm = write_comm(tmp_path / "comm", comm_world_sizes)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**config, "train": {**config["train"], "epochs": 1}}))
+    return paths, comm, config_file
+
+
+def test_prediction_by_hand_for_one_point(tmp_path):
+    paths, comm, config = predicted_study(tmp_path)
+    result, _ = agg.aggregate(paths, RUN_SCHEMA, config=agg.load_config(config), comm=comm)
+    prediction = result["prediction"]
+    assert result["prediction_reason"] is None and prediction["variant"] is None
+    assert prediction["comm_world_sizes"] == [2] and prediction["comm_files"] == [str(comm[0])]
+    assert prediction["collective"]["alpha_s"] == pytest.approx(50e-6, rel=1e-6)
+    assert prediction["collective"]["bandwidth_bytes_s"] == pytest.approx(1e9, rel=1e-6)
+    assert prediction["formula"].startswith("T(n, W) = 2 (W - 1) alpha + 2 (W - 1) / W * n / B")
+    assert prediction["networks"]["1GbE"] | {} == pytest.approx(
+        {"bandwidth_gbit": 1.0, "latency_us": 50.0, "alpha_s": 100e-6, "bandwidth_bytes_s": 1.25e8}
+    )
+    # The reference worker is W = 2: per step (1.0 s / 8 steps = 0.125 s) data 2 % = 0.0025 s, the optimizer step
+    # 96 % = 0.12 s of which 8 % exposed communication (0.0096 s), so compute 0.1104 s; other 0.0025 s; busy
+    # communication 2 x exposed: half of it hidden. At W = 4 on the measured network, over the runs' buckets
+    # (4194304 and 397352 bytes): busy = 2 x 6 x 50e-6 + 1.5 x 4591656 / 1e9 = 7.487484e-3 s, exposed half of it;
+    # step = 0.0025 + 0.1104 + 0.0025 + 3.743742e-3 = 0.119143742 s; throughput 4 x 128 / step;
+    # speedup against W = 1's 2048 images / 1.6 s = 1280 images/s.
+    (row,) = [
+        r
+        for r in prediction["rows"]
+        if (r["network"], r["batch_mode"], r["world_size"]) == ("measured", "per_worker", 4)
+    ]
+    assert row["comm_busy_s"] == pytest.approx(7.487484e-3, rel=1e-6)
+    assert row["step_time_s"] == pytest.approx(0.119143742, rel=1e-6)
+    assert row["throughput_samples_s"] == pytest.approx(512 / 0.119143742, rel=1e-6)
+    assert row["speedup"] == pytest.approx(512 / 0.119143742 / 1280, rel=1e-6)
+    assert row["efficiency"] == pytest.approx(512 / 0.119143742 / 1280 / 4, rel=1e-6)
+    (curve,) = [c for c in prediction["curves"] if (c["network"], c["batch_mode"]) == ("1GbE", "per_worker")]
+    assert curve["world_sizes"] == [1, 2, 4, 8, 16, 32, 64]  # up to predict.max_world_size
+    # At W = 1 the reference worker (0.0025 + 0.1104 + 0.0025 = 0.1154 s per step, no collective) against the
+    # measured one-worker run's 0.1 s per step.
+    assert curve["efficiency"][0] == pytest.approx(0.1 / 0.1154, rel=1e-6)
+    # Validation, W = 2 predicted from W = 1 (nothing hidden known there; comm fitted on the W = 2 timings, the only
+    # ones): per step data 0.002 s, compute 0.096 - 0.00192 = 0.09408 s, other 0.002 s, and all of the busy
+    # 2 x 2 x 50e-6 + 4591656 / 1e9 = 4.791656e-3 s exposed: 0.102871656 s against the measured 0.125 s.
+    (case,) = prediction["validation"]
+    assert (case["held_out"], case["fit_world_sizes"]) == (2, [1])
+    assert case["predicted_step_time_s"] == pytest.approx(0.102871656, rel=1e-6)
+    assert case["step_time_rel_error"] == pytest.approx(0.102871656 / 0.125 - 1, rel=1e-6)
+    assert case["speedup_rel_error"] == pytest.approx((256 / 0.102871656 / 1280) / (2048 / 1.0 / 1280) - 1, rel=1e-6)
+    assert prediction["assumptions"] and "prediction" in result["definitions"]
+
+
+def test_cli_writes_the_prediction_csv_and_summary_csv_keeps_its_columns(tmp_path):
+    paths, comm, config = predicted_study(tmp_path)
+    out = {name: tmp_path / name for name in ("summary.csv", "summary.json", "prediction.csv")}
+    args = ["--runs", *map(str, paths), "--schema", str(RUN_SCHEMA), "--config", str(config), "--comm", *map(str, comm)]
+    args += ["--csv", str(out["summary.csv"]), "--json", str(out["summary.json"])]
+    assert agg.main([*args, "--prediction-csv", str(out["prediction.csv"])]) == 0
+    summary = json.loads(out["summary.json"].read_text())
+    assert list(pd.read_csv(out["summary.csv"]).columns) == agg.SUMMARY_COLUMNS
+    table = pd.read_csv(out["prediction.csv"])
+    assert len(table) == len(summary["prediction"]["rows"]) == 2 * (7 + 7)  # 2 networks x (per_worker + global)
+    for row, expected in zip(table.to_dict(orient="records"), summary["prediction"]["rows"], strict=True):
+        assert (row["network"], row["batch_mode"], row["world_size"]) == (
+            expected["network"],
+            expected["batch_mode"],
+            expected["world_size"],
+        )
+        assert row["efficiency"] == pytest.approx(expected["efficiency"], rel=1e-5)
+        assert row["step_time_s"] == pytest.approx(expected["step_time_s"], rel=1e-5)
+
+
+def test_a_grid_of_one_worker_still_aggregates_without_a_prediction(tmp_path):
+    paths, expected = write_grid(tmp_path / "runs", [1], [128], [0, 1])
+    csv, js, pred = tmp_path / "summary.csv", tmp_path / "summary.json", tmp_path / "prediction.csv"
+    args = ["--runs", *map(str, paths), "--expect", *expected, "--comm", "--csv", str(csv), "--json", str(js)]
+    assert agg.main([*args, "--prediction-csv", str(pred)]) == 0
+    summary = json.loads(js.read_text())
+    assert summary["prediction"] is None
+    assert "no world size of 2 or more" in summary["prediction_reason"]
+    assert pred.read_text().startswith("runs_batch_mode,batch_size,network,world_size,batch_mode")
+    assert len(pred.read_text().splitlines()) == 1  # the header alone
+
+
+def test_the_prediction_is_the_baselines_with_variants(tmp_path):
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=FACTORY_VARIANTS)
+    comm = write_comm(tmp_path / "comm", [2])
+    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected, VARIANT_CONFIG, comm=comm)
+    baseline = result["variants"]["baseline"]
+    assert result["prediction"]["variant"] == baseline
+    baseline_runs = [json.loads(p.read_text()) for p in paths if p.parent.name == baseline]
+    w2 = [r for r in baseline_runs if r["config"]["world_size"] == 2]
+    period = sum(r["totals"]["train_time_s"] for r in w2) / sum(e["steps"] for r in w2 for e in r["epochs"])
+    (case,) = result["prediction"]["validation"]
+    assert case["measured_step_time_s"] == pytest.approx(period)  # the baseline's runs, not the other variant's
+
+
+def test_bad_comm_file_and_bad_network_are_refused_with_the_fix(tmp_path):
+    paths, comm, config = predicted_study(tmp_path)
+    comm[0].write_text(json.dumps({"world_size": 2}))
+    with pytest.raises(agg.AggregateError, match=r"is not a ddpbench.commbench output .* rerun its job"):
+        agg.aggregate(paths, RUN_SCHEMA, comm=comm)
+    reserved = {
+        **agg.load_config(config),
+        "predict": {"networks": {"measured": {"bandwidth_gbit": 1, "latency_us": 0}}},
+    }
+    comm[0].write_text(json.dumps(make_comm(2)))
+    with pytest.raises(agg.AggregateError, match=r"config predict.networks: .* reserved .* rename it"):
+        agg.aggregate(paths, RUN_SCHEMA, config=reserved, comm=comm)
+
+
+def test_timings_that_fit_no_model_leave_the_prediction_null_with_the_reason(tmp_path):
+    paths, comm, config = predicted_study(tmp_path)
+    flat = make_comm(2)
+    for point in flat["sweep"] + flat["buckets"]:
+        point["median_s"] = 1e-3 / math.log2(16 * point["bytes"])  # larger messages faster: no bandwidth to fit
+    comm[0].write_text(json.dumps(flat))
+    result, _ = agg.aggregate(paths, RUN_SCHEMA, comm=comm)
+    assert result["prediction"] is None
+    assert result["prediction_reason"].startswith("the scaling model could not be fitted: the timings do not grow")
+
+
+def test_an_emulated_link_is_compared_with_its_defaults_filled_in(tmp_path):
+    """The config may leave latency_us out; the run records the link with it (0)."""
+    config = {**GRID_CONFIG, "train": {**GRID_CONFIG["train"], "emulate_network": {"bandwidth_gbit": 1}}}
+    link = {"bandwidth_gbit": 1.0, "latency_us": 0.0}
+    paths, expected = write_grid(tmp_path / "ok", [1, 2], [128], [0, 1], config_overrides={"emulate_network": link})
+    agg.aggregate(paths, RUN_SCHEMA, expected, config)
+    other = {"bandwidth_gbit": 1.0, "latency_us": 50.0}
+    paths, expected = write_grid(tmp_path / "bad", [1, 2], [128], [0, 1], config_overrides={"emulate_network": other})
+    with pytest.raises(
+        agg.AggregateError, match=r"config.emulate_network is .*latency_us': 50.0.* train.emulate_network"
+    ):
+        agg.aggregate(paths, RUN_SCHEMA, expected, config)

@@ -33,6 +33,8 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
             "3",
             "--max-world-size",
             str(w),
+            "--bf16",
+            "on",
             "--out",
             str(out),
         ],
@@ -41,6 +43,8 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     bench = json.loads(out.read_text())
     figures = {
+        f"compute_bound_{cores}t_bf16",
+        "engine_ws1_bf16",
         f"compute_bound_{cores}t",
         f"compute_bound_{cores}t_contiguous",
         "engine_ws1",
@@ -68,6 +72,10 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
     ratios = bench["ratios_of_medians"]
     assert all(math.isfinite(v) for v in ratios.values())
     assert ratios["ws1_vs_compute_bound"] == pytest.approx(median("engine_ws1") / median(f"compute_bound_{cores}t"))
+    assert ratios["ws1_bf16_vs_ws1_fp32"] == pytest.approx(median("engine_ws1_bf16") / median("engine_ws1"))
+    assert ratios["ws1_bf16_vs_bf16_compute_bound"] == pytest.approx(
+        median("engine_ws1_bf16") / median(f"compute_bound_{cores}t_bf16")
+    )
     assert ratios["ws1_vs_study_pipeline"] == pytest.approx(median("engine_ws1") / median("study_pipeline_ws1"))
     if w > 1:
         assert ratios[f"ws{w}_vs_{w}x_compute_bound_{t}t"] == pytest.approx(

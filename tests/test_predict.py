@@ -227,7 +227,7 @@ def test_prediction_from_schema_valid_runs_through_the_cli(tmp_path):
     prediction = json.loads(out.read_text())
     assert prediction["bucket_bytes"] == [4 * 1147914]  # no buckets recorded: all gradients as one message
     assert {r["world_size"] for r in prediction["rows"]} == {2**k for k in range(11)}
-    assert set(prediction["networks"]) == {"measured", "10GbE", "100G InfiniBand"}
+    assert set(prediction["networks"]) == {"measured", "10GbE", "100G_InfiniBand"}
     assert all(r["efficiency"] > 0 for r in prediction["rows"])
     assert csv.read_text().startswith("runs_batch_mode,batch_size,network,world_size,batch_mode")
 

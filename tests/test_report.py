@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from runfactory import make_run, write_grid
+from runfactory import make_run, write_comm, write_grid
 
 from ddpbench import report
 from ddpbench.aggregate import aggregate
@@ -24,6 +24,13 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
+# Cells shown in other units than summary.json's: percentages of a relative error, milliseconds.
+SCALES = {
+    "step_time_rel_error": 100,
+    "speedup_rel_error": 100,
+    "measured_step_time_s": 1000,
+    "predicted_step_time_s": 1000,
+}
 
 
 def summary_json(paths, expected) -> dict:
@@ -121,7 +128,7 @@ def assert_shown(col: str, value, text: str) -> None:
     if value is None:
         assert text == "–", (col, text)
         return
-    scale = 100 if col.startswith("efficiency") else 1
+    scale = 100 if col.startswith("efficiency") else SCALES.get(col, 1)
     decimals = len(text.split(".")[1]) if "." in text else 0
     assert abs(float(text) - value * scale) <= 0.5 * 10**-decimals + 1e-9, (col, value, text)
 
@@ -435,3 +442,118 @@ def test_headline_says_cores_per_worker_were_fixed(tmp_path):
     h = summary["headlines"][0]
     assert f"means they ran {h['speedup_largest']:.2f}× as fast as one worker with the same 2 thread(s)" in text
     assert "· same cores" not in headline(html) and "not that DDP lost" not in headline(html)
+
+
+# --------------------------------------------------------------------------- beyond this machine: the prediction
+
+PREDICT_CONFIG = {
+    "train": {"epochs": 3},
+    "predict": {
+        "max_world_size": 1024,
+        "networks": {
+            "10GbE": {"bandwidth_gbit": 10, "latency_us": 50},
+            "1GbE": {"bandwidth_gbit": 1, "latency_us": 50},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """Two batch sizes at W = 1, 2, 4 with all-reduce timings at W = 2 and 4, through both CLIs:
+    (html, summary, folder)."""
+    tmp = tmp_path_factory.mktemp("predicted")
+    paths, expected = write_grid(tmp / "runs", [1, 2, 4], [64, 128], [0, 1])
+    comm = write_comm(tmp / "comm", [2, 4])
+    summary, _ = aggregate(paths, SCHEMA, expected, PREDICT_CONFIG, comm=comm)
+    (tmp / "summary.json").write_text(json.dumps(summary))
+    out = tmp / "report.html"
+    assert (
+        report.main(["--summary", str(tmp / "summary.json"), "--out", str(out), "--plots-dir", str(tmp / "plots")]) == 0
+    )
+    return out.read_text(), json.loads((tmp / "summary.json").read_text()), tmp
+
+
+def section(html: str, name: str) -> str:
+    part = html[html.index(f'<section id="{name}">') :]
+    return part[: part.index("</section>")]
+
+
+def test_predicted_efficiency_table_equals_summary(predicted):
+    html, summary, _ = predicted
+    curves = {(c["batch_size"], c["network"], c["batch_mode"]): c for c in summary["prediction"]["curves"]}
+    table = {
+        (int(r["attrs"]["data-batch-size"]), r["attrs"]["data-network"], r["attrs"]["data-batch-mode"]): r["cells"]
+        for r in parse(html)
+        if r["table"] == "prediction-efficiency" and "data-network" in r["attrs"]
+    }
+    assert table.keys() == curves.keys() and len(table) == 2 * 3 * 2  # batch sizes x networks x batch modes
+    for key, cells in table.items():
+        at = dict(zip(curves[key]["world_sizes"], curves[key]["efficiency"], strict=True))
+        expected = {f"efficiency_at_{w}": at.get(w) for w in (8, 64, 256, 1024)}
+        assert set(cells) == set(expected)
+        assert check_cells(cells, expected) == 4
+    per_worker = table[(128, "1GbE", "per_worker")]
+    assert all(value for ((value, _),) in per_worker.values())  # every size predicted per worker
+    assert table[(64, "1GbE", "global")]["efficiency_at_256"] == [("", "–")]  # batch 64 over 256 workers: none
+
+
+def test_validation_and_fitted_parameters_equal_summary(predicted):
+    html, summary, _ = predicted
+    prediction = summary["prediction"]
+    rows = [r for r in parse(html) if r["table"] == "prediction-validation" and "data-held-out" in r["attrs"]]
+    cases = {(c["batch_size"], c["held_out"]): c for c in prediction["validation"]}
+    shown = {(int(r["attrs"]["data-batch-size"]), int(r["attrs"]["data-held-out"])): r["cells"] for r in rows}
+    assert shown.keys() == cases.keys() and len(shown) == 2 * 3  # each of W = 1, 2, 4 left out, per batch size
+    for key, cells in shown.items():
+        assert check_cells(cells, cases[key]) == 7
+    fitted = section(html, "prediction")
+    values = dict(
+        re.findall(r'<p>Fitted to .*?data-col="alpha_us" data-value="([^"]*)".*?data-value="([^"]*)"', fitted, re.S)
+    )
+    ((alpha_us, bandwidth_gbit),) = values.items()
+    assert float(alpha_us) == prediction["collective"]["alpha_s"] * 1e6
+    assert float(bandwidth_gbit) == prediction["collective"]["bandwidth_gbit"]
+    assert prediction["formula"] in fitted
+    for assumption in prediction["assumptions"]:
+        assert assumption.replace("'", "&#39;") in fitted
+    networks = {
+        r["attrs"]["data-network"]: r["cells"]
+        for r in parse(html)
+        if r["table"] == "prediction-networks" and "data-network" in r["attrs"]
+    }
+    assert set(networks) == {"measured", "10GbE", "1GbE"}
+    assert float(networks["1GbE"]["bandwidth_gbit"][0][0]) == pytest.approx(1.0)  # 1 Gbit/s caps the 8 measured
+    assert float(networks["1GbE"]["alpha_us"][0][0]) == pytest.approx(100.0)  # 50 measured + 50 of the network
+
+
+def test_prediction_plot_continues_the_measured_speedup_per_network(predicted):
+    html, _, tmp = predicted
+    figure = section(html, "prediction")
+    assert '<figure id="plot-prediction" class="wide">' in figure and figure.count("<svg") == 1
+    svg = ET.parse(tmp / "plots" / "prediction.svg").getroot()
+    texts = {"".join(t.itertext()).strip() for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    for label in (
+        "network measured here (predicted), batch 64",
+        "10GbE (predicted), batch 128",
+        "1GbE (predicted), batch 64",
+    ):
+        assert label in texts
+    assert {"measured here, batch 64", "measured here, batch 128", "1024", "ideal (S = W)"} <= texts
+    assert "stroke-dasharray" in ET.tostring(svg, encoding="unicode")  # the predicted curves are dashed
+
+
+def test_without_timings_the_section_says_why(grid):
+    html, summary, _ = grid
+    assert summary["prediction"] is None
+    part = section(html, "prediction")
+    assert 'id="no-prediction"' in part and "no all-reduce timings" in part and "<svg" not in part
+
+
+def test_a_network_name_that_is_not_plain_text_is_refused(predicted, tmp_path, capsys):
+    _, summary, _ = predicted
+    networks = summary["prediction"]["networks"]
+    summary["prediction"]["networks"] = {**networks, "$\\alpha$<b>": networks["1GbE"]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert report.main(["--summary", str(tmp_path / "summary.json"), "--out", str(tmp_path / "r.html")]) == 1
+    assert "network name" in capsys.readouterr().err and not (tmp_path / "r.html").exists()

@@ -341,3 +341,65 @@ def test_lint_and_snakemake_report(workdir, grid_config):
     with zipfile.ZipFile(workdir / "results/snakemake-report.zip") as archive:
         names = archive.namelist()
     assert any(n.endswith("report.html") for n in names) and any(n.endswith("summary.csv") for n in names)
+
+
+VARIANT_GRID = {
+    **GRID,
+    "grid": {
+        **GRID["grid"],
+        "variants": {
+            "buckets_1mb": {"train": {"bucket_cap_mb": 1}},
+            "fp16_hook": {"train": {"comm_hook": "fp16"}},
+            "bf16": {"train": {"precision": "bf16"}},
+        },
+    },
+}
+
+
+def test_variants_through_the_cli(tmp_path):
+    """Three variants (a bucket size, a comm hook, bf16) x world sizes 1 and 2 x two seeds: each
+    run in its variant's folder with its overrides, summary rows per variant with ratios paired by
+    seed against the baseline, and the report's variant table showing the same numbers."""
+    workdir = copy_repo(tmp_path / "variants")
+    config = write_config(workdir, "variants.yaml", VARIANT_GRID)
+    result = snakemake(workdir, "--configfile", config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = {(p.parent.name, p.stem): json.loads(p.read_text()) for p in (workdir / "results/runs").glob("*/*.json")}
+    assert len(runs) == 12
+    assert {runs[("fp16_hook", f"ws2_bs128_seed{s}")]["config"]["comm_hook"] for s in (0, 1)} == {"fp16"}
+    assert runs[("bf16", "ws1_bs128_seed0")]["config"]["precision"] == "bf16"
+    gradients = runs[("buckets_1mb", "ws2_bs128_seed0")]["ddp"]["allreduce_payload_bytes_per_step"]
+    assert runs[("fp16_hook", "ws2_bs128_seed0")]["ddp"]["allreduce_payload_bytes_per_step"] == gradients // 2
+    assert (
+        runs[("buckets_1mb", "ws2_bs128_seed0")]["ddp"]["buckets"] > runs[("bf16", "ws2_bs128_seed0")]["ddp"]["buckets"]
+    )
+
+    summary = json.loads((workdir / "results/summary.json").read_text())
+    rows = {(r["variant"], r["world_size"]): r for r in summary["rows"]}
+    assert sorted(rows) == sorted((v, w) for v in VARIANT_GRID["grid"]["variants"] for w in (1, 2))
+    table = pd.read_csv(workdir / "results/summary.csv")
+    assert list(table.columns[:2]) == ["variant", "world_size"] and len(table) == 6
+    html = (workdir / "results/report.html").read_text()
+    variants_table = html.split('<table class="variants">', 1)[1].split("</table>", 1)[0]
+    for (variant, w), row in rows.items():
+        thr = [runs[(variant, f"ws{w}_bs128_seed{s}")]["totals"]["throughput_img_s"] for s in (0, 1)]
+        base = [runs[("buckets_1mb", f"ws{w}_bs128_seed{s}")]["totals"]["throughput_img_s"] for s in (0, 1)]
+        paired = sum(a / b for a, b in zip(thr, base, strict=True)) / 2
+        assert row["throughput_ratio_vs_baseline"] == pytest.approx(paired)
+        acc = [runs[(variant, f"ws{w}_bs128_seed{s}")]["totals"]["final_test_acc"] for s in (0, 1)]
+        base_acc = [runs[("buckets_1mb", f"ws{w}_bs128_seed{s}")]["totals"]["final_test_acc"] for s in (0, 1)]
+        assert row["test_acc_diff_vs_baseline"] == pytest.approx(sum(acc) / 2 - sum(base_acc) / 2)
+        speedup = [
+            runs[(variant, f"ws1_bs128_seed{s}")]["totals"]["train_time_s"]
+            / runs[(variant, f"ws{w}_bs128_seed{s}")]["totals"]["train_time_s"]
+            for s in (0, 1)
+        ]
+        assert row["speedup_mean"] == pytest.approx(sum(speedup) / 2)  # within the variant
+        cell = re.search(
+            rf'<tr data-variant="{variant}" data-world-size="{w}"[^>]*>.*?'
+            r'data-col="throughput_ratio_vs_baseline" data-value="([^"]+)"',
+            variants_table,
+            re.S,
+        )
+        assert cell and float(cell[1]) == pytest.approx(row["throughput_ratio_vs_baseline"])
+    assert rows[("buckets_1mb", 2)]["throughput_ratio_vs_baseline"] == 1.0

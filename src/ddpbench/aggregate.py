@@ -15,18 +15,27 @@ paired by seed: throughput and time-to-target ratios, test-accuracy difference, 
 Every run is checked against its file name (ws<W>_bs<B>_seed<S>.json) and, given the
 workflow's config, against the grid's options (with its variant's overrides): a run that disagrees is refused.
 
+With ``--comm`` (ddpbench.commbench's all-reduce timings), summary.json's ``prediction`` holds the
+scaling model of ``ddpbench.predict`` fitted to the runs (the baseline variant's, with variants) and
+to those timings, for the config's ``predict.networks`` up to ``predict.max_world_size``; without
+timings it is null and ``prediction_reason`` says why. ``--prediction-csv`` writes its rows.
+
     python -m ddpbench.aggregate --runs results/runs/*.json --schema workflow/schemas/run.schema.json \
-        --config results/config.json --expect ws1_bs128_seed0 ... --csv results/summary.csv --json results/summary.json
+        --config results/config.json --expect ws1_bs128_seed0 ... --comm results/comm/ws2.json \
+        --csv results/summary.csv --json results/summary.json --prediction-csv results/prediction.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,7 +43,12 @@ import yaml
 from scipy import stats
 from scipy.optimize import minimize_scalar
 
+if TYPE_CHECKING:
+    import jsonschema.protocols
+
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
+from ddpbench.options import NetworkLink
+from ddpbench.predict import DEFAULT_MAX_WORLD_SIZE, parse_networks, predict_from_runs, prediction_csv
 
 RUN_NAME = re.compile(r"ws(?P<world_size>\d+)_bs(?P<batch_size>\d+)_seed(?P<seed>\d+)")
 # A name in --expect: the run name, behind its variant's folder in a study with variants.
@@ -98,6 +112,8 @@ PAIRED = {
 RESOLVED_BY_JOB = frozenset({"threads_per_worker", "device", "ranks_per_node", "channels_last", "allreduce"})
 # ... but a number given for these is what the run used, and is checked.
 CHECKED_WHEN_SET = frozenset({"threads_per_worker"})
+# Options a run records with their defaults filled in ({bandwidth_gbit: 1} as {bandwidth_gbit: 1, latency_us: 0}).
+RECORDED_AS = {"emulate_network": NetworkLink}
 # Run-config keys that differ by design between the runs of one grid.
 PER_RUN_KEYS = frozenset(
     {
@@ -146,6 +162,14 @@ VARIANT_DEFINITIONS = {
     "time_to_target_speedup_vs_baseline": "1 / time_to_target_ratio_vs_baseline, its interval inverted: above 1 "
     "the variant reaches the target sooner (summary.json: variants.speed_vs_accuracy)",
 }
+PREDICTION_DEFINITIONS = {
+    "prediction": "the scaling model (ddpbench.predict) fitted to the runs and the all-reduce timings of "
+    "ddpbench.commbench: predicted step time, throughput, speedup and efficiency per network and batch mode "
+    "up to predict.max_world_size, with its fitted communication parameters, validation and assumptions",
+    "prediction_validation": "a measured world size predicted from the others (the largest from the smaller ones; "
+    "with three or more, each left out in turn): relative error of the step time and of the speedup",
+}
+COMM_SCHEMA = "ddpbench.commbench/1"
 
 
 class AggregateError(ValueError):
@@ -191,7 +215,9 @@ def baseline_variant(config: dict | None, variants: dict[str, dict] | None) -> s
 # --------------------------------------------------------------------------- reading and checking runs
 
 
-def read_run(path: Path, validator=None, schema_path: Path | None = None) -> dict:
+def read_run(
+    path: Path, validator: jsonschema.protocols.Validator | None = None, schema_path: Path | None = None
+) -> dict:
     try:
         run = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -259,7 +285,7 @@ def load_config(path: Path | None) -> dict | None:
     return None if path is None else yaml.safe_load(Path(path).read_text())
 
 
-def same_value(a, b) -> bool:
+def same_value(a: object, b: object) -> bool:
     """Equal, with numbers compared as numbers (the config's 60 is the run's 60.0)."""
     numbers = (int, float)
     if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
@@ -280,20 +306,26 @@ def variant_options(config: dict, variant: str) -> dict[str, tuple[str, object]]
     return options
 
 
-def checked(key: str, value) -> bool:
+def checked(key: str, value: object) -> bool:
     """Whether the run must have recorded the config's value for ``key``."""
     if key in CHECKED_WHEN_SET:
         return value != "auto"
     return key not in RESOLVED_BY_JOB
 
 
-def option_pairs(run: dict, config: dict):
+def recorded_form(key: str, value: object) -> object:
+    """The config's value of ``key`` as a run records it: a link with its defaults filled in."""
+    kind = RECORDED_AS.get(key)
+    return dataclasses.asdict(kind(**value)) if kind is not None and isinstance(value, dict) else value
+
+
+def option_pairs(run: dict, config: dict) -> Iterator[tuple[str, object, str, object]]:
     """(what the run recorded, its value, the config key, the config's value) for every checked option."""
     options = variant_options(config, run.get("_variant", ""))
     for key in sorted(options.keys() & run["config"].keys()):
         config_key, value = options[key]
         if checked(key, value):
-            yield f"config.{key}", run["config"][key], config_key, value
+            yield f"config.{key}", run["config"][key], config_key, recorded_form(key, value)
     data = config.get("data") or {}
     if "source" in data:
         yield "dataset.source", run["dataset"]["source"], "data.source", data["source"]
@@ -379,7 +411,7 @@ def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame
     ).reset_index(drop=True)
 
 
-def group_label(variant: str, batch_size) -> str:
+def group_label(variant: str, batch_size: int) -> str:
     return (f"variant {variant}, " if variant else "") + f"batch size {batch_size}"
 
 
@@ -513,7 +545,7 @@ def summary_columns(has_variants: bool) -> tuple[list[str], list[str]]:
     return SUMMARY_COLUMNS, ["variant", *SUMMARY_COLUMNS]
 
 
-def amdahl_fit(world_sizes, speedups) -> float | None:
+def amdahl_fit(world_sizes: Iterable[float], speedups: Iterable[float]) -> float | None:
     """Serial fraction f of Amdahl's law S(W) = 1 / (f + (1 - f) / W), least squares on S."""
     w = np.asarray(world_sizes, dtype=float)
     s = np.asarray(speedups, dtype=float)
@@ -624,7 +656,7 @@ def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[di
     return out
 
 
-def distinct(values) -> list:
+def distinct(values: Iterable[object]) -> list:
     """The different values (list items counted one by one), in first-seen order, None left out."""
     seen = []
     for value in values:
@@ -800,10 +832,72 @@ def shared_run_config(runs: list[dict]) -> dict:
     return {k: v for k, v in configs[0].items() if k not in PER_RUN_KEYS and all(c.get(k) == v for c in configs)}
 
 
+# --------------------------------------------------------------------------- the scaling prediction
+
+
+def load_comm(paths: list[Path]) -> list[dict]:
+    """ddpbench.commbench's outputs, each read and checked to be one; ``_path`` added."""
+    docs = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise AggregateError(
+                f"cannot read the communication benchmark {path}: {err}. Delete it and rerun its job "
+                "(snakemake reruns ddpbench.commbench)."
+            ) from err
+        if not isinstance(doc, dict) or doc.get("schema") != COMM_SCHEMA:
+            raise AggregateError(
+                f"{path} is not a ddpbench.commbench output (schema {COMM_SCHEMA}): give --comm the files "
+                "torchrun ... -m ddpbench.commbench --out wrote, or delete it and rerun its job"
+            )
+        docs.append({**doc, "_path": str(path)})
+    return docs
+
+
+def prediction_settings(config: dict | None) -> tuple[dict | None, int]:
+    """The config's predict.networks (None: ddpbench.predict's defaults) and predict.max_world_size,
+    the networks checked here so that a bad one fails the aggregation with its fix."""
+    settings = (config or {}).get("predict") or {}
+    networks = settings.get("networks")
+    try:
+        parse_networks(networks)
+    except ValueError as err:
+        raise AggregateError(f"config predict.networks: {err}") from err
+    return networks, int(settings.get("max_world_size") or DEFAULT_MAX_WORLD_SIZE)
+
+
+def scaling_prediction(
+    runs: list[dict], comm: list[dict], config: dict | None, baseline: str | None
+) -> tuple[dict | None, str | None]:
+    """(summary.json's prediction, None), or (None, why there is none). The prediction is the baseline
+    variant's with variants: the comm timings are the baseline's too."""
+    networks, max_world_size = prediction_settings(config)
+    if not comm:
+        return None, (
+            "no all-reduce timings (results/comm/): the grid measures no world size of 2 or more on one node, "
+            "so there is no communication to fit the model to; add 2 to grid.world_sizes"
+        )
+    chosen = [run for run in runs if run.get("_variant", "") == (baseline or "")]
+    try:
+        prediction = predict_from_runs(chosen, comm, networks, max_world_size)
+    except ValueError as err:
+        return None, f"the scaling model could not be fitted: {err}"
+    sources = sorted((doc["world_size"], doc["_path"]) for doc in comm)
+    return {
+        "variant": baseline,
+        "comm_files": [path for _, path in sources],
+        "comm_world_sizes": sorted({w for w, _ in sources}),
+        **prediction,
+    }, None
+
+
 # --------------------------------------------------------------------------- the whole summary
 
 
-def checked_runs(paths: list[Path], schema: Path | None, expected: list[str], config: dict | None, source: str):
+def checked_runs(
+    paths: list[Path], schema: Path | None, expected: list[str], config: dict | None, source: str
+) -> tuple[list[dict], dict[str, dict | None] | None, str | None]:
     """The runs at ``paths``, read and checked against their names, the grid and the config;
     with the study's variants ({name: overrides}, or None) and its baseline variant."""
     if not paths:
@@ -831,20 +925,23 @@ def aggregate(
     expected: list[str] | None = None,
     config: dict | None = None,
     config_source: str = "the workflow config",
+    comm: list[Path] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """summary.json's content and the summary table (summary.csv) of the runs at ``paths``.
 
     ``expected`` names the grid's runs; ``config`` is the workflow config every run must agree with,
-    and its grid.variants (or variant folders in ``expected``) make it a study of variants."""
+    and its grid.variants (or variant folders in ``expected``) make it a study of variants; ``comm``
+    are ddpbench.commbench's outputs the scaling prediction is fitted to."""
     expected = expected or []
     runs, variants, baseline = checked_runs(paths, schema, expected, config, config_source)
+    prediction, prediction_reason = scaling_prediction(runs, load_comm(comm or []), config, baseline)
     order = list(variants or [])
     table = add_baseline_pairs(add_speedup(runs_table(runs, order)), baseline)
     summary = summarize(table)
     csv_columns, json_columns = summary_columns(bool(variants))
     return {
         "generated_utc": utc_now(),
-        "definitions": DEFINITIONS | (VARIANT_DEFINITIONS if variants else {}),
+        "definitions": DEFINITIONS | (VARIANT_DEFINITIONS if variants else {}) | PREDICTION_DEFINITIONS,
         "rows": records(summary[json_columns]),
         "runs": records(table if variants else table.drop(columns=list(PAIRED))),
         "missing_runs": expected_missing(expected, table),
@@ -858,6 +955,8 @@ def aggregate(
         "overlaps": overlaps(table),
         "period": {"first_started_utc": table.started_utc.min(), "last_finished_utc": table.finished_utc.max()},
         "shared_run_config": shared_run_config(runs),
+        "prediction": prediction,
+        "prediction_reason": prediction_reason,
     }, summary[csv_columns]
 
 
@@ -878,15 +977,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
+    p.add_argument(
+        "--comm", nargs="*", default=[], type=Path, help="ddpbench.commbench outputs for the scaling prediction"
+    )
+    p.add_argument("--prediction-csv", type=Path, help="write the predicted rows here (only a header without)")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
-        result, summary = aggregate(args.runs, args.schema, args.expect, config, f"the workflow config {args.config}")
+        source = f"the workflow config {args.config}"
+        result, summary = aggregate(args.runs, args.schema, args.expect, config, source, args.comm)
     except (AggregateError, OSError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     atomic_write_text(args.csv, summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_json(args.json, result)
+    if args.prediction_csv is not None:
+        atomic_write_text(args.prediction_csv, prediction_csv(result["prediction"]))
     shown = ["world_size", "batch_size", "n_seeds", "train_time_mean_s", "speedup_mean", "efficiency_mean"]
     shown += ["test_acc_mean"] + (["variant", "throughput_ratio_vs_baseline"] if "variant" in summary else [])
     print(summary[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

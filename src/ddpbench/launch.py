@@ -1,7 +1,7 @@
 """Run a training launch (torchrun) so that it never outlives the Snakemake that started it,
 and so that timed launches on one host never run at the same time:
 
-    python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID" --timing-lock /tmp/ddpbench-timing.lock \\
+    python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID" --timing-lock \\
         -- torchrun --standalone --nproc-per-node 2 -m ddpbench.train ...
 
 ``--watch-pid``: the process whose death ends the launch. Snakemake runs a job's shell from a
@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+# One path for every workflow and user of the host: /tmp is where all of them can meet.
+DEFAULT_TIMING_LOCK = "/tmp/ddpbench-timing.lock"
 POLL_S = 0.5  # how often the watched process is checked while the command runs
 LOCK_POLL_S = 0.1  # how often a queued launch retries the lock
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -326,7 +328,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--watch-pid", type=int, help="end the launch when this ancestor (Snakemake) or the launcher's parent ends"
     )
-    p.add_argument("--timing-lock", type=Path, help="queue on an exclusive flock of this file before starting")
+    p.add_argument(
+        "--timing-lock",
+        type=Path,
+        nargs="?",
+        const=Path(DEFAULT_TIMING_LOCK),
+        help=f"queue on an exclusive flock of this file before starting (without a value: {DEFAULT_TIMING_LOCK})",
+    )
     p.add_argument("--grace-s", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = p.parse_args(argv)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,8 +33,27 @@ BATCH_MODES = ("per_worker", "global")
 MEASURED_NETWORK = "measured"
 DEFAULT_NETWORKS: dict[str, dict[str, float]] = {
     "10GbE": {"bandwidth_gbit": 10.0, "latency_us": 50.0},
-    "100G InfiniBand": {"bandwidth_gbit": 100.0, "latency_us": 2.0},
-}
+    "100G_InfiniBand": {"bandwidth_gbit": 100.0, "latency_us": 2.0},
+}  # as the config schema's predict.networks default
+# prediction.csv's columns: the keys of a predicted row, in order.
+PREDICTION_COLUMNS = [
+    "runs_batch_mode",
+    "batch_size",
+    "network",
+    "world_size",
+    "batch_mode",
+    "per_rank_batch",
+    "step_time_s",
+    "compute_s",
+    "data_s",
+    "other_s",
+    "comm_busy_s",
+    "comm_exposed_s",
+    "throughput_samples_s",
+    "speedup",
+    "efficiency",
+]
+CURVE_KEYS = ("step_time_s", "throughput_samples_s", "speedup", "efficiency")
 DEFAULT_MAX_WORLD_SIZE = 1024
 ROBUST_SCALE = 0.05  # relative residuals beyond this count linearly, not squared
 
@@ -91,7 +110,7 @@ def allreduce_seconds(
     return latency_coef(world_size) * alpha_s + bytes_coef(world_size) * nbytes / bandwidth_bytes_s
 
 
-def _algorithm(name: str):
+def _algorithm(name: str) -> tuple[Callable[[float], float], Callable[[float], float], str]:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown all-reduce algorithm {name!r}; use one of {sorted(ALGORITHMS)}")
     return ALGORITHMS[name]
@@ -328,7 +347,7 @@ def comm_points(comm_docs: Iterable[Mapping]) -> tuple[list[float], list[float],
     return sizes, seconds, worlds
 
 
-def _fit_on(points: tuple[list[float], list[float], list[int]], world_sizes: set[int], algorithm: str):
+def _fit_on(points: tuple[list[float], list[float], list[int]], world_sizes: set[int], algorithm: str) -> CollectiveFit:
     """Fit on the comm timings at ``world_sizes`` when there are any at W > 1, otherwise on all of them."""
     sizes, seconds, worlds = points
     chosen = [i for i, w in enumerate(worlds) if w in world_sizes and w > 1] or list(range(len(worlds)))
@@ -459,15 +478,41 @@ def predict_from_runs(
         "max_world_size": max_world_size,
         "profiles": profiles,
         "rows": rows,
+        "curves": curves(rows),
         "validation": validation,
     }
 
 
-def prediction_csv(prediction: Mapping) -> str:
-    """``prediction["rows"]`` as CSV, one row per (batch configuration, network, batch mode, world size)."""
+def curves(rows: Iterable[Mapping]) -> list[dict]:
+    """The predicted rows as one curve per (batch configuration, network, batch mode): its world sizes
+    and, in the same order, the predicted step time, throughput, speedup and efficiency."""
+    grouped: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["runs_batch_mode"], row["batch_size"], row["network"], row["batch_mode"])
+        curve = grouped.setdefault(
+            key,
+            {
+                "runs_batch_mode": key[0],
+                "batch_size": key[1],
+                "network": key[2],
+                "batch_mode": key[3],
+                "world_sizes": [],
+                **{name: [] for name in CURVE_KEYS},
+            },
+        )
+        curve["world_sizes"].append(row["world_size"])
+        for name in CURVE_KEYS:
+            curve[name].append(row[name])
+    return list(grouped.values())
+
+
+def prediction_csv(prediction: Mapping | None) -> str:
+    """``prediction["rows"]`` as CSV, one row per (batch configuration, network, batch mode, world size);
+    only the header without a prediction (None)."""
     import pandas as pd
 
-    return pd.DataFrame(prediction["rows"]).to_csv(index=False)
+    rows = (prediction or {}).get("rows") or []
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS).to_csv(index=False, float_format="%.6g")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -480,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--networks",
         type=json.loads,
         default=None,
-        help='JSON, e.g. \'{"10GbE": {"bandwidth_gbit": 10, "latency_us": 50}}\' (default: 10GbE, 100G IB)',
+        help='JSON, e.g. \'{"10GbE": {"bandwidth_gbit": 10, "latency_us": 50}}\' (default: 10GbE, 100G_InfiniBand)',
     )
     p.add_argument("--max-world-size", type=int, default=DEFAULT_MAX_WORLD_SIZE)
     args = p.parse_args(argv)

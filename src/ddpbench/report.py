@@ -19,17 +19,22 @@ import os
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import yaml
 from markupsafe import Markup
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ddpbench.aggregate import VARIANT_NAME, load_config, run_name
 from ddpbench.io import atomic_write_text
+from ddpbench.predict import MEASURED_NETWORK
 
 TEMPLATE = "report.html.j2"
 # Plot text is only numbers, fixed words and variant names, which load_summary holds to
@@ -60,7 +65,12 @@ PARTS = [  # (label, colour) of the time breakdown, in stacking order
     ("evaluation", "#a78bfa"),
 ]
 SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
-VARIANT_PLOTS = {"variant_speed"}  # shown in the Variants section, not with the study's plots
+SECTIONS = {"variant_speed": "variants", "prediction": "prediction"}  # plots shown outside the Plots section
+# Predicted efficiency is tabled at these world sizes (those up to predict.max_world_size).
+TABLED_WORLD_SIZES = (8, 64, 256, 1024)
+# Network names reach the prediction plot's legend: held, like variant names, to plain text.
+NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]*")
+BATCH_MODE_WORDS = {"per_worker": "batch per worker", "global": "global batch split over the workers"}
 # What the page reads from summary.json; an older summary lacks some of it.
 SUMMARY_KEYS = (
     "generated_utc",
@@ -78,7 +88,14 @@ SUMMARY_KEYS = (
     "shared_run_config",
     "resource_model",
     "variants",
+    "prediction",
+    "prediction_reason",
 )
+# Type of the plot callbacks: errors per group, and additions per group or for the whole axes.
+Group = list[dict]
+YErr = Callable[[Group], Any]
+PerGroup = Callable[[Axes, Group, np.ndarray, np.ndarray, str], None]
+Ideal = Callable[[Axes, list[int]], Any]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -100,6 +117,12 @@ def load_summary(path: Path) -> dict:
     bad = [name for name in (summary["variants"] or {}).get("names", []) if not VARIANT_NAME.fullmatch(name)]
     if bad:
         raise ReportError(f"{path}: variant name {bad[0]!r} is not a safe name; rerun python -m ddpbench.aggregate")
+    networks = [name for name in (summary["prediction"] or {}).get("networks", {}) if not NETWORK_NAME.fullmatch(name)]
+    if networks:
+        raise ReportError(
+            f"{path}: network name {networks[0]!r} is not a safe name (letters, digits, '_', '.', '-', spaces); "
+            "rename it in predict.networks and rerun python -m ddpbench.aggregate"
+        )
     return summary
 
 
@@ -111,7 +134,7 @@ def by_group(rows: list[dict]) -> dict[tuple[str | None, int], list[dict]]:
     return dict(groups)
 
 
-def group_label(key: tuple[str | None, int], groups) -> str:
+def group_label(key: tuple[str | None, int], groups: Iterable[tuple[str | None, int]]) -> str:
     """A line's legend: its variant and batch size, each only where the plot has several."""
     variant, bs = key
     parts = [variant] if len({k[0] for k in groups}) > 1 else []
@@ -119,13 +142,13 @@ def group_label(key: tuple[str | None, int], groups) -> str:
     return ", ".join(parts) or "measured"
 
 
-def row_label(row: dict, groups) -> str:
+def row_label(row: dict, groups: Iterable[tuple[str | None, int]]) -> str:
     """ "W = 2", with its variant and batch size where the plot has several."""
     label = group_label((row.get("variant"), row["batch_size"]), groups)
     return f"W = {row['world_size']}" + ("" if label == "measured" else f", {label}")
 
 
-def num(value) -> float:
+def num(value: float | None) -> float:
     """None (JSON null for NaN) as NaN, so numpy and matplotlib skip it."""
     return math.nan if value is None else float(value)
 
@@ -166,7 +189,7 @@ def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
 # --------------------------------------------------------------------------- plots
 
 
-def world_axis(ax, sizes) -> None:
+def world_axis(ax: Axes, sizes: Iterable[int]) -> None:
     """Ticks at the measured world sizes; log2 spacing once the range is wide."""
     sizes = sorted(set(sizes))
     if sizes and sizes[-1] / sizes[0] >= 8:
@@ -188,13 +211,13 @@ def ci_errors(group: list[dict], mean: str, low: str, high: str) -> np.ndarray:
 def world_size_plot(
     rows: list[dict],
     key: str,
-    yerr,
+    yerr: YErr,
     ylabel: str,
     title: str,
     scale: float = 1.0,
     from_zero: bool = True,
-    per_group=None,
-    ideal=None,
+    per_group: PerGroup | None = None,
+    ideal: Ideal | None = None,
 ) -> Figure:
     """One line per (variant, batch size) of ``key`` against the world size, with error bars.
 
@@ -211,7 +234,15 @@ def world_size_plot(
     return fig
 
 
-def draw_lines(ax, rows: list[dict], key: str, yerr, scale: float = 1.0, per_group=None, ideal=None) -> None:
+def draw_lines(
+    ax: Axes,
+    rows: list[dict],
+    key: str,
+    yerr: YErr,
+    scale: float = 1.0,
+    per_group: PerGroup | None = None,
+    ideal: Ideal | None = None,
+) -> None:
     """The lines of world_size_plot on ``ax``: one per (variant, batch size), a colour each."""
     groups = by_group(rows)
     sizes = [r["world_size"] for r in rows]
@@ -241,7 +272,7 @@ def amdahl_list(amdahl: dict) -> list[dict]:
 
 
 def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
-    def fit(ax, g, w, y, colour):
+    def fit(ax: Axes, g: Group, w: np.ndarray, y: np.ndarray, colour: str) -> None:
         f = amdahl_for(amdahl, g[0].get("variant"), g[0]["batch_size"])
         if f is not None:
             dense = np.linspace(min(w), max(w), 100)
@@ -271,7 +302,7 @@ def efficiency_plot(rows: list[dict]) -> Figure:
 
 
 def throughput_plot(rows: list[dict]) -> Figure:
-    def ideal(ax, g, w, y, colour):
+    def ideal(ax: Axes, g: Group, w: np.ndarray, y: np.ndarray, colour: str) -> None:
         if g[0]["world_size"] == 1:
             label = "ideal (W × one worker)"
             once = label if label not in ax.get_legend_handles_labels()[1] else "_nolegend_"  # one entry for all
@@ -378,6 +409,55 @@ def variant_speed_plot(speed: list[dict]) -> Figure:
     return fig
 
 
+def network_label(name: str) -> str:
+    """A predicted curve's legend: the network measured here is called so."""
+    return ("network measured here" if name == MEASURED_NETWORK else name) + " (predicted)"
+
+
+def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
+    """The measured speedup of the predicted variant (points, 95 % CI) and the predicted speedup per
+    network continuing dashed up to predict.max_world_size, log2 axes: one panel per batch mode."""
+    fig = Figure(figsize=WIDE, layout="constrained")
+    axes = dict(zip(BATCH_MODE_WORDS, fig.subplots(1, 2, sharey=True), strict=True))
+    networks = list(prediction["networks"])
+    configs = list(dict.fromkeys((c["runs_batch_mode"], c["batch_size"]) for c in prediction["curves"]))
+    several = len(configs) > 1
+    sizes = [2**k for k in range(int(math.log2(prediction["max_world_size"])) + 1)]
+    for ax in axes.values():
+        ax.plot(sizes, sizes, ":", color="#9ca3af", label="ideal (S = W)")
+    for curve in prediction["curves"]:
+        config = (curve["runs_batch_mode"], curve["batch_size"])
+        axes[curve["batch_mode"]].plot(
+            curve["world_sizes"],
+            [num(v) for v in curve["speedup"]],
+            ["--", "-.", ":"][configs.index(config) % 3],
+            color=PALETTE[networks.index(curve["network"]) % len(PALETTE)],
+            label=network_label(curve["network"]) + (f", batch {curve['batch_size']}" if several else ""),
+        )
+    for mode, bs in configs:
+        g = [r for r in rows if r.get("variant") == prediction["variant"] and r["batch_size"] == bs]
+        errors = ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high")
+        label = "measured here" + (f", batch {bs}" if several else "")
+        axes[mode].errorbar(
+            series(g, "world_size"),
+            series(g, "speedup_mean"),
+            yerr=errors,
+            fmt="o-",
+            capsize=3,
+            color="#111827",
+            label=label,
+            zorder=3,
+        )
+    for mode, ax in axes.items():
+        world_axis(ax, sizes)
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_title(f"Speedup, {BATCH_MODE_WORDS[mode]}")
+        ax.legend()
+    axes["per_worker"].set_ylabel("speedup T(1) / T(W)")
+    return fig
+
+
 def svg_text(fig: Figure) -> str:
     """The figure as a standalone SVG document, without the date or RDF metadata block."""
     buffer = io.StringIO()
@@ -439,12 +519,12 @@ def make_plots(summary: dict) -> list[dict]:
         ),
     ]
     plots = []
-    for name, wide, caption, build in specs + variant_specs(summary["variants"]):
+    for name, wide, caption, build in specs + variant_specs(summary["variants"]) + prediction_specs(summary):
         if name == "learning_curves" and not summary["learning_curves"]:
             continue
         with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
             svg = svg_text(build())
-        section = "variants" if name in VARIANT_PLOTS else "plots"
+        section = SECTIONS.get(name, "plots")
         plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg, "section": section})
     return plots
 
@@ -463,10 +543,23 @@ def variant_specs(variants: dict | None) -> list[tuple]:
     return [("variant_speed", True, caption, lambda: variant_speed_plot(variants["speed_vs_accuracy"]))]
 
 
+def prediction_specs(summary: dict) -> list[tuple]:
+    """The "Beyond this machine" section's plot, when summary.json holds a prediction."""
+    prediction = summary["prediction"]
+    if not prediction:
+        return []
+    caption = (
+        "Measured speedup (points, 95 % CI) and the scaling model's prediction per network, dashed, up to "
+        f"{prediction['max_world_size']} workers (log2 axes). Left: every worker keeps the batch the runs used; "
+        "right: that batch is split over the workers. Each added worker is assumed to bring its own cores or GPU."
+    )
+    return [("prediction", True, caption, lambda: prediction_plot(summary["rows"], prediction))]
+
+
 # --------------------------------------------------------------------------- rendering
 
 
-def fmt(value, spec: str = ".2f") -> str:
+def fmt(value: object, spec: str = ".2f") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec)
@@ -482,12 +575,12 @@ def listing(values: list, spec: str = "") -> str:
     return ", ".join(format(v, spec) for v in values) if values else "–"
 
 
-def raw(value) -> str:
+def raw(value: object) -> str:
     """Exact machine-readable value for data-value attributes; repr round-trips a float."""
     return "" if value is None else repr(value)
 
 
-def outside(low, high, null: float) -> bool:
+def outside(low: float | None, high: float | None, null: float) -> bool:
     """Whether a 95 % interval excludes ``null`` (1 for a ratio, 0 for a difference): a marked cell."""
     return low is not None and high is not None and (low > null or high < null)
 
@@ -495,6 +588,19 @@ def outside(low, high, null: float) -> bool:
 def study_tables(rows: list[dict]) -> list[dict]:
     """The scaling tables: one per (variant, batch size), its rows by world size."""
     return [{"variant": v, "batch_size": bs, "rows": g} for (v, bs), g in by_group(rows).items()]
+
+
+def prediction_table(prediction: Mapping | None) -> dict | None:
+    """Predicted efficiency at TABLED_WORLD_SIZES (those predicted), one row per curve of summary.json's
+    prediction (batch configuration, network, batch mode); a world size a curve lacks is None."""
+    if not prediction:
+        return None
+    sizes = [w for w in TABLED_WORLD_SIZES if w <= prediction["max_world_size"]]
+    rows = []
+    for curve in prediction["curves"]:
+        at = dict(zip(curve["world_sizes"], curve["efficiency"], strict=True))
+        rows.append({**curve, "cells": [(w, at.get(w)) for w in sizes]})
+    return {"world_sizes": sizes, "rows": rows, "several_batches": len({r["batch_size"] for r in rows}) > 1}
 
 
 def environment() -> jinja2.Environment:
@@ -538,6 +644,9 @@ def render(
             missing=missing_rows(summary, logs_dir, out),
             facts=summary["method"],
             plots=[{**p, "markup": inline_svg(p["svg"], p["name"])} for p in plots],
+            prediction=summary["prediction"],
+            prediction_table=prediction_table(summary["prediction"]),
+            batch_mode_words=BATCH_MODE_WORDS,
         )
     )
 

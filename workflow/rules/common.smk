@@ -120,8 +120,6 @@ ENV = "../../envs/ddpbench.yaml"
 # every Snakemake that reads this file, also the one srun starts in a cluster job, runs its jobs'
 # shells from its own process.
 os.environ["DDPBENCH_SNAKEMAKE_PID"] = str(os.getpid())
-# Timed runs of every workflow on this host queue here while they are meant to run alone.
-TIMING_LOCK = "/tmp/ddpbench-timing.lock"
 
 
 wildcard_constraints:
@@ -373,15 +371,21 @@ def train_launcher(wildcards, threads, resources):
     alone (the same test as pin_cores), queues it on the host-wide timing lock."""
     world_size = int(wildcards.world_size)
     n = nodes(world_size)
-    launch = 'python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID"'
     if n == 1:
-        lock = f" --timing-lock {TIMING_LOCK}" if pin_cores(wildcards, resources) == 1 else ""
-        return f"{launch}{lock} -- {one_node_launcher(world_size, variant_options(wildcards))}"
+        return f"{launch_prefix(wildcards, resources)} -- {one_node_launcher(world_size, variant_options(wildcards))}"
     return (
-        f"{launch} -- srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
+        f"{launch_prefix(wildcards, resources, timed=False)} -- srun --nodes={n} --ntasks-per-node=1 --cpus-per-task={threads} --kill-on-bad-exit=1"
         f" torchrun --nnodes {n} --nproc-per-node {world_size // n}"
         ' --rdzv-backend c10d --rdzv-endpoint "$head:$port" --rdzv-id "$SLURM_JOB_ID"'
     )
+
+
+def launch_prefix(wildcards, resources, timed=True):
+    """ddpbench.launch, which ends the launch if Snakemake dies and, while timed jobs are meant to
+    run alone (the same test as pin_cores), queues it on the host-wide timing lock that the timed
+    jobs of every workflow on this host share."""
+    lock = " --timing-lock" if timed and pin_cores(wildcards, resources) == 1 else ""
+    return f'python -m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID"{lock}'
 
 
 def one_node_launcher(world_size, options):
@@ -424,3 +428,36 @@ def rendezvous(wildcards):
         'head=$(scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n1);'
         " port=$((29400 + SLURM_JOB_ID % 1000));"
     )
+
+
+# ---------------------------------------------------------------- prediction
+# The all-reduce timings the scaling prediction (ddpbench.predict, in summary.json) is fitted to:
+# one short ddpbench.commbench per measured world size of 2 or more that runs on one node. With
+# grid.variants the prediction is the baseline variant's (grid.baseline, else the first).
+
+COMM = ("{variant}/" if VARIANTS else "") + "ws{world_size}"
+COMM_WORLD_SIZES = [w for w in world_sizes() if w >= 2 and nodes(w) == 1]
+PREDICTION_VARIANT = (config["grid"].get("baseline") or next(iter(VARIANTS))) if VARIANTS else None
+COMM_FILES = expand(
+    f"results/comm/{COMM}.json",
+    world_size=COMM_WORLD_SIZES,
+    **({"variant": [PREDICTION_VARIANT]} if VARIANTS else {}),
+)
+
+
+def comm_threads(wildcards):
+    """One core per rank: each rank drives its collective from one thread."""
+    return int(wildcards.world_size)
+
+
+def comm_launcher(wildcards):
+    """torchrun, or the emulated network's launcher, as the runs it predicts. Of the wildcards
+    alone, so that a changed emulated link reruns the timings (Snakemake does not compare a
+    parameter that needs resources with the last run's)."""
+    return one_node_launcher(int(wildcards.world_size), variant_options(wildcards))
+
+
+def comm_options(wildcards):
+    """What decides the messages: the model's buckets at the runs' bucket cap, on their device."""
+    options = variant_options(wildcards)
+    return command_line({k: options[k] for k in ("model", "bucket_cap_mb", "device", "timeout")})

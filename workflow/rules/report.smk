@@ -1,7 +1,9 @@
 rule aggregate:
-    # Every run is checked against its file name and against the workflow config (results/config.json).
+    # Every run is checked against its file name and against the workflow config (results/config.json),
+    # whose predict: section, with the all-reduce timings (predict.smk), gives summary.json's prediction.
     input:
         runs=run_files(),
+        comm=COMM_FILES,
         schema="workflow/schemas/run.schema.json",
         config="results/config.json",
     output:
@@ -15,6 +17,11 @@ rule aggregate:
             caption="../../report/summary.rst",
             category="Summary",
         ),
+        prediction=report(
+            "results/prediction.csv",
+            caption="../../report/prediction.rst",
+            category="Summary",
+        ),
     log:
         "logs/aggregate.log",
     conda:
@@ -24,7 +31,8 @@ rule aggregate:
     shell:
         # The log's end on the console too: a refused run names its file and the fix.
         "python -m ddpbench.aggregate --runs {input.runs} --schema {input.schema} --config {input.config}"
-        " --expect {params.expected} --csv {output.csv} --json {output.json} > {log} 2>&1"
+        " --expect {params.expected} --comm {input.comm} --csv {output.csv} --json {output.json}"
+        " --prediction-csv {output.prediction} > {log} 2>&1"
         " || {{ tail -n 20 {log} >&2; exit 1; }}"
 
 
@@ -85,11 +93,13 @@ rule partial_report:
         ENV
     params:
         runs=existing_run_files,
+        comm=lambda wildcards: [path for path in COMM_FILES if os.path.exists(path)],
         expected=run_names(),
         schema=workflow.source_path("../schemas/run.schema.json"),
     shell:
         "(python -m ddpbench.aggregate --runs {params.runs} --schema {params.schema}"
-        " --config {input.config} --expect {params.expected} --csv {output.csv} --json {output.json}"
+        " --config {input.config} --expect {params.expected} --comm {params.comm}"
+        " --csv {output.csv} --json {output.json}"
         " && python -m ddpbench.report --summary {output.json} --config {input.config}"
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots}) > {log} 2>&1"
         " || {{ tail -n 20 {log} >&2; exit 1; }}"
