@@ -347,6 +347,7 @@ VARIANT_GRID = {
     **GRID,
     "grid": {
         **GRID["grid"],
+        "baseline": "buckets_1mb",  # (yaml.safe_dump sorts the keys: the first would be bf16)
         "variants": {
             "buckets_1mb": {"train": {"bucket_cap_mb": 1}},
             "fp16_hook": {"train": {"comm_hook": "fp16"}},
