@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 from ddpbench.cache import make_synthetic, read_meta
+from ddpbench.cpus import cores_available
 from ddpbench.io import atomic_write_json, utc_now
-from ddpbench.metrics import cores_available, cpu_model
+from ddpbench.metrics import cpu_model
 
 BENCH = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

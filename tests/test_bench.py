@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO, run
 
-from ddpbench.metrics import cores_available
+from ddpbench.cpus import cores_available
 
 
 @pytest.mark.slow

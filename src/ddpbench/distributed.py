@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ddpbench.metrics import cores_available
+from ddpbench.cpus import cores_available, job_cpus
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,6 @@ def init_distributed(device: str, threads_per_worker: int | str, timeout: float)
         pinned,
         cores,
     )
-
-
-def job_cpus(cores: int) -> int:
-    """The CPUs this job may use on this node: what the workflow granted it (DDPBENCH_JOB_CPUS,
-    Snakemake's threads for the job), within the CPUs a scheduler's binding lets it see."""
-    granted = os.environ.get("DDPBENCH_JOB_CPUS", "")
-    return min(cores, int(granted)) if granted.isdigit() and int(granted) > 0 else cores
 
 
 def select_device(device: str, local_rank: int) -> tuple[torch.device, str]:

@@ -107,13 +107,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cores_available() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def git_commit(cwd: str | None = None) -> str | None:
     try:
         out = subprocess.run(

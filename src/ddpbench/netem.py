@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 
+from ddpbench.cpus import job_cpus
+
 DEFAULT_PREFIX = "ddpbn"
 DEFAULT_SUBNET = "10.231.8"
 IFNAME = "veth0"
@@ -350,7 +352,7 @@ def agent_cpus(nodes: int) -> list[list[int]] | None:
     when this launch was granted fewer CPUs than it sees (DDPBENCH_JOB_CPUS; another job may share
     them) unless DDPBENCH_PIN=1, nor with more ranks than granted CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
-    granted = granted_cpus(len(cpus))
+    granted = job_cpus(len(cpus))
     setting = os.environ.get("DDPBENCH_PIN", "")
     per_agent = granted // nodes
     if per_agent < 1 or setting == "0" or (setting != "1" and granted < len(cpus)):
@@ -365,15 +367,8 @@ def agent_env(link: dict, cpus_per_agent: int | None, nodes: int) -> dict[str, s
     if cpus_per_agent is not None:
         env["DDPBENCH_JOB_CPUS"] = str(cpus_per_agent)
     else:  # every rank is local rank 0: pinning would put them all on the first core
-        env.update(DDPBENCH_JOB_CPUS=str(max(1, granted_cpus(len(os.sched_getaffinity(0))) // nodes)), DDPBENCH_PIN="0")
+        env.update(DDPBENCH_JOB_CPUS=str(max(1, job_cpus(len(os.sched_getaffinity(0))) // nodes)), DDPBENCH_PIN="0")
     return env
-
-
-def granted_cpus(seen: int) -> int:
-    """ddpbench.distributed.job_cpus's rule (the CPUs the workflow granted, DDPBENCH_JOB_CPUS, within
-    those seen), here so that the launcher does not import torch."""
-    granted = os.environ.get("DDPBENCH_JOB_CPUS", "")
-    return min(seen, int(granted)) if granted.isdigit() and int(granted) > 0 else seen
 
 
 def _agent_preexec(cpus: list[int] | None):
