@@ -117,6 +117,18 @@ ls -A "$MNT/cache"
 """
 
 
+def on_small_disk(prefix: list[str], mnt: Path, command: list[str]) -> subprocess.CompletedProcess:
+    """Run ``command`` with a 1 MiB tmpfs mounted at ``mnt``, in the private mount namespace of ``prefix``."""
+    return subprocess.run(
+        [*prefix, "sh", "-c", SMALL_DISK, "sh", str(mnt), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**child_env(), "MNT": str(mnt)},
+        cwd=REPO,
+    )
+
+
 def test_full_disk_during_the_cache_build_is_one_line(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -134,14 +146,7 @@ def test_full_disk_during_the_cache_build_is_one_line(tmp_path):
         "--out",
         str(mnt / "cache"),
     ]
-    result = subprocess.run(
-        [*prefix, "sh", "-c", SMALL_DISK, "sh", str(mnt), *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**child_env(), "MNT": str(mnt)},
-        cwd=REPO,
-    )
+    result = on_small_disk(prefix, mnt, command)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "rc=1"
@@ -202,14 +207,7 @@ def test_full_disk_during_download_is_not_retried(tmp_path):
         "--retries",
         "3",
     ]
-    result = subprocess.run(
-        [*prefix, "sh", "-c", SMALL_DISK, "sh", str(mnt), *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**child_env(), "MNT": str(mnt)},
-        cwd=REPO,
-    )
+    result = on_small_disk(prefix, mnt, command)
     assert result.stdout.splitlines() == ["rc=1"]  # and nothing left in the directory
     assert "attempt" not in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(

@@ -49,6 +49,19 @@ def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Com
     return run([bin_path("snakemake"), "--cores", "all", *args], cwd=workdir, timeout=timeout)
 
 
+def start_snakemake(workdir: Path, config: str, **kwargs) -> subprocess.Popen:
+    """`snakemake --cores all --configfile CONFIG` in the background, its output in one text pipe."""
+    return subprocess.Popen(
+        [bin_path("snakemake"), "--cores", "all", "--configfile", config],
+        cwd=workdir,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table Snakemake prints before running (or for a dry run)."""
     table = output.split("Job stats:", 1)[1]
@@ -239,15 +252,7 @@ def _start_long_run(workdir: Path, how: str, seed: int) -> tuple[subprocess.Pope
     )
     name = f"ws1_bs128_seed{seed}"
     target, log = workdir / f"results/runs/{name}.json", workdir / f"logs/train/{name}.log"
-    proc = subprocess.Popen(
-        [bin_path("snakemake"), "--cores", "all", "--configfile", config],
-        cwd=workdir,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_snakemake(workdir, config, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (log.exists() and "Epoch [1/100]" in log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
@@ -294,16 +299,7 @@ def test_two_workflows_on_one_host_time_their_runs_one_after_the_other(tmp_path)
     procs = []
     for workdir in copies:
         config = write_config(workdir, "grid.yaml", grid)
-        procs.append(
-            subprocess.Popen(
-                [bin_path("snakemake"), "--cores", "all", "--configfile", config],
-                cwd=workdir,
-                env=child_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+        procs.append(start_snakemake(workdir, config))
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     runs = [json.loads(path.read_text()) for w in copies for path in sorted((w / "results/runs").glob("*.json"))]
