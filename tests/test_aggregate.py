@@ -609,8 +609,11 @@ def test_prediction_by_hand_for_one_point(tmp_path):
     # The reference worker is W = 2: per step (1.0 s / 8 steps = 0.125 s) data 2 % = 0.0025 s, the optimizer step
     # 96 % = 0.12 s of which 8 % exposed communication (0.0096 s), so compute 0.1104 s; other 0.0025 s; busy
     # communication 2 x exposed: half of it hidden. At W = 4 on the measured network, over the runs' buckets
-    # (4194304 and 397352 bytes): busy = 2 x 6 x 50e-6 + 1.5 x 4591656 / 1e9 = 7.487484e-3 s, exposed half of it;
-    # step = 0.0025 + 0.1104 + 0.0025 + 3.743742e-3 = 0.119143742 s; throughput 4 x 128 / step;
+    # (4194304 and 397352 bytes): busy = 2 x 6 x 50e-6 + 1.5 x 4591656 / 1e9 = 7.487484e-3 s, exposed half of it.
+    # The wait for the slowest rank: at W = 2 the fit says busy = 2 x 2 x 50e-6 + 4591656 / 1e9 = 4.791656e-3 s,
+    # exposed half of it, 2.395828e-3 s, of the 0.0096 s measured: 7.204172e-3 s of waiting, times
+    # e(4) / e(2) = 1.0293754 / 0.5641896 = 1.8245203 at W = 4: 1.3144158e-2 s.
+    # step = 0.0025 + 0.1104 + 0.0025 + 3.743742e-3 + 1.3144158e-2 = 0.1322879 s; throughput 4 x 128 / step;
     # speedup against W = 1's 2048 images / 1.6 s = 1280 images/s.
     (row,) = [
         r
@@ -618,10 +621,11 @@ def test_prediction_by_hand_for_one_point(tmp_path):
         if (r["network"], r["batch_mode"], r["world_size"]) == ("measured", "per_worker", 4)
     ]
     assert row["comm_busy_s"] == pytest.approx(7.487484e-3, rel=1e-6)
-    assert row["step_time_s"] == pytest.approx(0.119143742, rel=1e-6)
-    assert row["throughput_samples_s"] == pytest.approx(512 / 0.119143742, rel=1e-6)
-    assert row["speedup"] == pytest.approx(512 / 0.119143742 / 1280, rel=1e-6)
-    assert row["efficiency"] == pytest.approx(512 / 0.119143742 / 1280 / 4, rel=1e-6)
+    assert row["rank_wait_s"] == pytest.approx(1.3144158e-2, rel=1e-6)
+    assert row["step_time_s"] == pytest.approx(0.1322879, rel=1e-6)
+    assert row["throughput_samples_s"] == pytest.approx(512 / 0.1322879, rel=1e-6)
+    assert row["speedup"] == pytest.approx(512 / 0.1322879 / 1280, rel=1e-6)
+    assert row["efficiency"] == pytest.approx(512 / 0.1322879 / 1280 / 4, rel=1e-6)
     (curve,) = [c for c in prediction["curves"] if (c["network"], c["batch_mode"]) == ("1GbE", "per_worker")]
     assert curve["world_sizes"] == [1, 2, 4, 8, 16, 32, 64]  # up to predict.max_world_size
     # At W = 1 the reference worker (0.0025 + 0.1104 + 0.0025 = 0.1154 s per step, no collective) against the

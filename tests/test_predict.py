@@ -101,6 +101,38 @@ def test_predicted_step_by_hand():
     assert row["speedup"] is None  # no measured W = 1 given
 
 
+def test_expected_maximum_of_normals_from_tables():
+    expected = {
+        1: 0.0,
+        2: 0.5641896,
+        3: 0.8462844,
+        4: 1.0293754,
+        8: 1.4236003,
+        1024: 3.2482396,
+    }  # 1024: by the trapezoid rule on [-12, 12]
+    for n, value in expected.items():
+        assert predict.expected_max_normal(n) == pytest.approx(value, abs=1e-6)
+
+
+def test_wait_for_the_slowest_rank_by_hand():
+    # Measured at W = 2: compute 0.1 s a step, one 4 MB bucket, exposed = busy = 0.014 s (nothing hidden).
+    # The fitted all-reduce (alpha 0, B 1e9) costs 2 (1) / 2 * 4e6 / 1e9 = 0.004 s: the rank waited 0.010 s.
+    measured = {2: predict.Measured(2, 128, 1, 0.114, 0.1, 0.0, 0.0, 0.014, 0.014, 2 * 128 / 0.114)}
+    profile = predict.profile_from(measured, [4e6], link(0.0, 1e9))
+    assert (profile.hidden_fraction, profile.wait_s) == (0.0, pytest.approx(0.010))
+    row = predict.predict_step(profile, 2, [4e6], link(0.0, 1e9), "per_worker", 128)
+    assert row["step_time_s"] == pytest.approx(0.114)  # the model gives back its reference
+    # W = 8: busy 2 (7) / 8 * 4e6 / 1e9 = 0.007 s; wait 0.010 * e(8) / e(2) = 0.010 * 1.4236003 / 0.5641896
+    # = 0.0252326 s; step 0.1 + 0.007 + 0.0252326 = 0.1322326 s.
+    row = predict.predict_step(profile, 8, [4e6], link(0.0, 1e9), "per_worker", 128)
+    assert (row["rank_wait_s"], row["step_time_s"]) == (pytest.approx(0.0252326, rel=1e-5), pytest.approx(0.1322326))
+    # Global batch 128 over 4 ranks: 32 each, a quarter of the compute, and so of the wait:
+    # 0.25 * 0.010 * 1.0293754 / 0.5641896 = 0.0045613 s.
+    row = predict.predict_step(profile, 4, [4e6], link(0.0, 1e9), "global", 128)
+    assert row["rank_wait_s"] == pytest.approx(0.0045613, rel=1e-4)
+    assert predict.profile_from(measured).wait_s == 0.0  # no fitted all-reduce to tell the wait from
+
+
 def synthetic_run(world: int, alpha: float = 40e-6, bandwidth: float = 1e9, slower: float = 1.0) -> dict:
     """Two epochs of 10 steps, generated from the step model itself: compute 0.05 s and data 0.005 s
     per step at batch 32 per rank, 0.001 s of loop overhead, 40 % of the all-reduce hidden."""
@@ -173,6 +205,14 @@ def test_two_measured_sizes_predict_the_larger_from_the_smaller():
     assert (case["held_out"], case["fit_world_sizes"], case["comm_world_sizes"]) == (2, [1], [2])
     # Nothing measured at W > 1 to learn the overlap from: none is assumed, so the prediction is slower.
     assert case["step_time_rel_error"] > 0
+
+
+def test_validation_names_the_threads_per_rank_of_both_sides():
+    # Cores fixed: W = 1 had both cores, each W = 2 rank one of them; the model assumes unchanged threads.
+    runs = [synthetic_run(1), synthetic_run(2)]
+    runs[0]["config"]["threads_per_worker"] = 2
+    (case,) = predict.validate(predict.measure(runs), predict.comm_points([comm_doc(2)]), BUCKETS, "per_worker", 32)
+    assert (case["fit_threads_per_worker"], case["held_out_threads_per_worker"]) == (2, 1)
 
 
 def test_prediction_for_the_summary():

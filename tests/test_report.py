@@ -507,6 +507,9 @@ def test_validation_and_fitted_parameters_equal_summary(predicted):
     assert shown.keys() == cases.keys() and len(shown) == 2 * 3  # each of W = 1, 2, 4 left out, per batch size
     for key, cells in shown.items():
         assert check_cells(cells, cases[key]) == 7
+    # The grid shares 8 cores among the ranks: every case changes the threads per rank, and says so.
+    assert all(c["fit_threads_per_worker"] != c["held_out_threads_per_worker"] for c in prediction["validation"])
+    assert 'id="validation-threads-differ"' in section(html, "prediction")
     fitted = section(html, "prediction")
     values = dict(
         re.findall(r'<p>Fitted to .*?data-col="alpha_us" data-value="([^"]*)".*?data-value="([^"]*)"', fitted, re.S)
@@ -525,6 +528,16 @@ def test_validation_and_fitted_parameters_equal_summary(predicted):
     assert set(networks) == {"measured", "10GbE", "1GbE"}
     assert float(networks["1GbE"]["bandwidth_gbit"][0][0]) == pytest.approx(1.0)  # 1 Gbit/s caps the 8 measured
     assert float(networks["1GbE"]["alpha_us"][0][0]) == pytest.approx(100.0)  # 50 measured + 50 of the network
+
+
+def test_no_threads_warning_when_every_rank_keeps_its_threads(tmp_path):
+    paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1], threads=1)
+    summary, _ = aggregate(paths, SCHEMA, expected, PREDICT_CONFIG, comm=write_comm(tmp_path / "comm", [2]))
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report.html"
+    assert report.main(["--summary", str(tmp_path / "summary.json"), "--out", str(out)]) == 0
+    part = section(out.read_text(), "prediction")
+    assert 'id="prediction-validation"' in part and 'id="validation-threads-differ"' not in part
 
 
 def test_prediction_plot_continues_the_measured_speedup_per_network(predicted):

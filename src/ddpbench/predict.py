@@ -3,12 +3,16 @@ fitted to ``ddpbench.commbench``'s measurements, and a step model built from mea
 
 A training step at world size W is modelled as
 
-    step(W) = data(W) + compute(W) + other + exposed(W)
+    step(W) = data(W) + compute(W) + other + wait(W) + exposed(W)
     exposed(W) = busy(W) - min(hidden_fraction * busy(W), compute(W))
     busy(W) = sum over DDP's gradient buckets of T_allreduce(bucket bytes, W)
+    wait(W) = wait(W_ref) * e(W) / e(W_ref),  e(W) = E[max of W standard normals]
 
 with compute and data per step measured per rank at its batch, ``other`` the rest of the loop
-per step, and the hidden fraction (1 - exposed / busy) measured in the runs. Pure functions
+per step, the hidden fraction (1 - exposed / busy) measured in the runs, and wait the time a
+rank waits at the all-reduce for the slowest one: the reference run's exposed communication
+beyond what the fitted all-reduce explains, growing with W as the slowest of W ranks whose step
+times vary independently. Pure functions
 (numpy, scipy, pandas): no torch import, so the workflow's report step stays light.
 
     python -m ddpbench.predict --runs results/runs/*.json --comm comm_ws2.json \
@@ -22,10 +26,13 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+from scipy.integrate import quad
 from scipy.optimize import least_squares, nnls
+from scipy.stats import norm
 
 from ddpbench.io import atomic_write_json, atomic_write_text
 
@@ -49,6 +56,7 @@ PREDICTION_COLUMNS = [
     "other_s",
     "comm_busy_s",
     "comm_exposed_s",
+    "rank_wait_s",
     "throughput_samples_s",
     "speedup",
     "efficiency",
@@ -77,6 +85,10 @@ ASSUMPTIONS = (
     "bandwidth the lower of the one measured here (the host's all-reduce throughput) and the network's.",
     "The fraction of communication hidden behind the backward pass is the one measured in the runs, and never "
     "more than the compute time of a step.",
+    "Each step waits at the all-reduce for the slowest rank. The ranks' step times vary independently and "
+    "normally, so the wait grows as the expected maximum of W standard normals (0.56 at W = 2, 3.2 at 1024), "
+    "in proportion to the compute per step; its scale is the reference run's exposed communication beyond "
+    "what the fitted all-reduce explains.",
 )
 
 
@@ -181,7 +193,8 @@ def network_fit(measured: CollectiveFit, bandwidth_gbit: float, latency_us: floa
 
 @dataclass(frozen=True)
 class StepProfile:
-    """Seconds per step of one rank at ``per_rank_batch``: the reference worker."""
+    """Seconds per step of one rank at ``per_rank_batch``: the reference worker, measured at ``world_size``,
+    where it waited ``wait_s`` per step for the slowest rank."""
 
     world_size: int
     per_rank_batch: int
@@ -189,6 +202,22 @@ class StepProfile:
     data_s: float
     other_s: float
     hidden_fraction: float
+    wait_s: float = 0.0
+
+    def wait_at(self, world_size: int, scale: float = 1.0) -> float:
+        """The wait for the slowest of ``world_size`` ranks, at ``scale`` times the reference's compute."""
+        if self.world_size <= 1:
+            return 0.0
+        return self.wait_s * scale * expected_max_normal(world_size) / expected_max_normal(self.world_size)
+
+
+@cache
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normals]: 0 for one, 1 / sqrt(pi) for two, about 3.2 for 1024."""
+    if n <= 1:
+        return 0.0
+    density = lambda x: x * n * norm.pdf(x) * norm.cdf(x) ** (n - 1)  # noqa: E731
+    return float(quad(density, -np.inf, np.inf)[0])
 
 
 def predict_step(
@@ -210,7 +239,8 @@ def predict_step(
     compute, data = profile.compute_s * scale, profile.data_s * scale
     busy = sum(collective.seconds(b, world_size) for b in bucket_bytes)
     exposed = busy - min(profile.hidden_fraction * busy, compute)
-    step = data + compute + profile.other_s + exposed
+    wait = profile.wait_at(world_size, scale)
+    step = data + compute + profile.other_s + wait + exposed
     throughput = world_size * per_rank / step
     speedup = throughput / baseline_throughput if baseline_throughput else None
     return {
@@ -224,6 +254,7 @@ def predict_step(
         "other_s": profile.other_s,
         "comm_busy_s": busy,
         "comm_exposed_s": exposed,
+        "rank_wait_s": wait,
         "throughput_samples_s": throughput,
         "speedup": speedup,
         "efficiency": speedup / world_size if speedup is not None else None,
@@ -321,15 +352,22 @@ def hidden_fraction(measured: Iterable[Measured]) -> float:
     return min(1.0, max(0.0, 1.0 - sum(m.comm_exposed_s for m in timed) / busy))
 
 
-def profile_from(measured: Mapping[int, Measured]) -> StepProfile:
+def profile_from(
+    measured: Mapping[int, Measured], bucket_bytes: Sequence[float] = (), collective: CollectiveFit | None = None
+) -> StepProfile:
     """The reference worker: the largest world size's per-rank compute, data and loop overhead, with
-    the hidden fraction of all timed runs."""
+    the hidden fraction of all timed runs; with the fitted ``collective``, also the wait for the
+    slowest rank: the reference's exposed communication beyond what the all-reduce of
+    ``bucket_bytes`` costs by the fit (none at W = 1)."""
     if not measured:
         raise ValueError("no measured runs to build a step profile from")
     ref = measured[max(measured)]
-    return StepProfile(
-        ref.world_size, ref.per_rank_batch, ref.compute_s, ref.data_s, ref.other_s, hidden_fraction(measured.values())
-    )
+    hidden = hidden_fraction(measured.values())
+    wait = 0.0
+    if collective is not None and ref.world_size > 1 and ref.comm_exposed_s is not None:
+        busy = sum(collective.seconds(b, ref.world_size) for b in bucket_bytes)
+        wait = max(0.0, ref.comm_exposed_s - (busy - min(hidden * busy, ref.compute_s)))
+    return StepProfile(ref.world_size, ref.per_rank_batch, ref.compute_s, ref.data_s, ref.other_s, hidden, wait)
 
 
 # --------------------------------------------------------------------------- validation
@@ -368,7 +406,9 @@ def validate(
 
     With two measured sizes the largest is predicted from the smaller; with more, each is left out
     in turn. The communication model is fitted on the comm timings of the world sizes kept (all of
-    them when none of those is above 1). Speedup needs the measured W = 1 among the kept sizes."""
+    them when none of those is above 1). Speedup needs the measured W = 1 among the kept sizes.
+    Each case names the threads per rank of the reference run and of the held-out one: where they
+    differ (the cores shared among the ranks), the error includes the change of threads."""
     sizes = sorted(measured)
     if len(sizes) < 2:
         return []
@@ -378,14 +418,18 @@ def validate(
         kept = {w: m for w, m in measured.items() if w != held}
         collective = _fit_on(points, set(kept), algorithm)
         baseline = kept[1].throughput_samples_s if 1 in kept else None
-        pred = predict_step(profile_from(kept), held, bucket_bytes, collective, batch_mode, batch_size, baseline)
-        actual = measured[held]
+        profile = profile_from(kept, bucket_bytes, collective)
+        pred = predict_step(profile, held, bucket_bytes, collective, batch_mode, batch_size, baseline)
+        actual, reference = measured[held], kept[max(kept)]
         speedup = actual.throughput_samples_s / baseline if baseline else None
         cases.append(
             {
                 "held_out": held,
                 "fit_world_sizes": sorted(kept),
                 "comm_world_sizes": list(collective.world_sizes),
+                # The model carries a rank's compute over unchanged: only fair when the threads per rank are too.
+                "fit_threads_per_worker": reference.threads_per_worker,
+                "held_out_threads_per_worker": actual.threads_per_worker,
                 "measured_step_time_s": actual.period_s,
                 "predicted_step_time_s": pred["step_time_s"],
                 "step_time_rel_error": pred["step_time_s"] / actual.period_s - 1.0,
@@ -460,7 +504,7 @@ def predict_from_runs(
     rows, validation, profiles = [], [], []
     for (mode, batch), group in sorted(groups.items()):
         measured = measure(group)
-        profile = profile_from(measured)
+        profile = profile_from(measured, buckets, measured_fit)
         baseline = measured[1].throughput_samples_s if 1 in measured else None
         tag = {"runs_batch_mode": mode, "batch_size": batch}
         threads = measured[profile.world_size].threads_per_worker
