@@ -41,7 +41,6 @@ from ddpbench.metrics import cpu_model
 
 BATCH = 128
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-REUSE = False  # --reuse: keep the results already in --work, measure only what is missing
 
 
 def train_args(data: Path, out: Path, args: argparse.Namespace, seed: int) -> list[str]:
@@ -66,45 +65,55 @@ def train_args(data: Path, out: Path, args: argparse.Namespace, seed: int) -> li
     ]
 
 
-def run(argv: list[str], log: Path, timeout: float = 1800) -> None:
-    if REUSE and log.with_suffix(".json").exists():
+def run(argv: list[str], log: Path, reuse: bool) -> None:
+    """Run ``argv`` with its output in ``log``, unless ``reuse`` and its JSON (``log`` with .json) is there."""
+    if reuse and log.with_suffix(".json").exists():
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DDPBENCH_PIN": "1"}
     with log.open("w") as fh:
-        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=1800).returncode
     if code:
         raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
 
 
 def loopback_run(world: int, out: Path, args: argparse.Namespace, seed: int) -> dict:
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", str(world), *train_args(args.data, out, args, seed)]
-    run(argv, out.with_suffix(".log"))
+    run(argv, out.with_suffix(".log"), args.reuse)
     return json.loads(out.read_text())
 
 
 def emulated_run(bandwidth: float, out: Path, args: argparse.Namespace, seed: int) -> dict:
     launch = [sys.executable, "-m", "ddpbench.netem", "launch", "--nodes", "2", "--bandwidth-gbit", str(bandwidth)]
-    run([*launch, "--prefix", "bnchlink", "--", *train_args(args.data, out, args, seed)], out.with_suffix(".log"))
+    run(
+        [*launch, "--prefix", "bnchlink", "--", *train_args(args.data, out, args, seed)],
+        out.with_suffix(".log"),
+        args.reuse,
+    )
     return json.loads(out.read_text())
 
 
 def loopback_comm(out: Path, args: argparse.Namespace) -> dict:
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "ddpbench.commbench", "--out", str(out)]
-    run([*argv, "--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"], out.with_suffix(".log"))
+    run(
+        [*argv, "--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"],
+        out.with_suffix(".log"),
+        args.reuse,
+    )
     return json.loads(out.read_text())
 
 
 def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:
-    if REUSE and out.exists():
+    if args.reuse and out.exists():
         return json.loads(out.read_text())
     with netem.EmulatedNetwork(2, bandwidth, prefix="bnchcomm") as net:
         return commbench_across(net, out, QUICK_SIZES, args.comm_reps, timeout=600)
 
 
-def predicted_step(runs: list[dict], collective: predict.CollectiveFit) -> float:
-    """The step the model predicts at W = 2 from ``runs`` (loopback, of one or two world sizes)."""
-    profile = predict.profile_from(predict.measure(runs))
+def predicted_step(runs: list[dict], loopback: predict.CollectiveFit, collective: predict.CollectiveFit) -> float:
+    """The step the model predicts at W = 2 over ``collective`` from ``runs`` (loopback, of one or two
+    world sizes, whose all-reduce the ``loopback`` fit describes), as ``predict.predict_from_runs`` does."""
     buckets = predict.gradient_buckets([], runs)
+    profile = predict.profile_from(predict.measure(runs), buckets, loopback)
     return predict.predict_step(profile, 2, buckets, collective, "per_worker", BATCH)["step_time_s"]
 
 
@@ -136,8 +145,6 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="folder for the runs, timings and logs (default: a temporary one)")
     p.add_argument("--reuse", action="store_true", help="predict again from what --work holds; measure the rest")
     args = p.parse_args()
-    global REUSE
-    REUSE = args.reuse
     work = args.work or Path(tempfile.mkdtemp(prefix="emulated-links-"))
     work.mkdir(parents=True, exist_ok=True)
     seeds = range(args.reps)
@@ -151,16 +158,16 @@ def main() -> None:
             links[bw].append(emulated_run(bw, work / f"link{bw:g}_seed{seed}.json", args, seed))
     lo_fit = predict.fit_collective(*predict.comm_points([loopback_comm(work / "comm_lo.json", args)]))
     both = loop[1] + loop[2]
-    cases = [case("loopback", "loopback", [measured_step(r) for r in loop[2]], predicted_step(loop[1], lo_fit))]
+    cases = [case("loopback", "loopback", [measured_step(r) for r in loop[2]], predicted_step(loop[1], lo_fit, lo_fit))]
     fits = {"loopback": lo_fit.to_dict()}
     for bw, runs in links.items():
         measured = [measured_step(r) for r in runs]
         named = predict.network_fit(lo_fit, bw, 0.0)
         across = predict.fit_collective(*predict.comm_points([link_comm(bw, work / f"comm_{bw:g}.json", args)]))
         fits[f"{bw:g} Gbit/s"] = across.to_dict()
-        cases.append(case("named", f"{bw:g} Gbit/s", measured, predicted_step(both, named)))
-        cases.append(case("from_w1", f"{bw:g} Gbit/s", measured, predicted_step(loop[1], named)))
-        cases.append(case("link_fit", f"{bw:g} Gbit/s", measured, predicted_step(both, across)))
+        cases.append(case("named", f"{bw:g} Gbit/s", measured, predicted_step(both, lo_fit, named)))
+        cases.append(case("from_w1", f"{bw:g} Gbit/s", measured, predicted_step(loop[1], lo_fit, named)))
+        cases.append(case("link_fit", f"{bw:g} Gbit/s", measured, predicted_step(both, lo_fit, across)))
     for c in cases:
         print(
             f"{c['link']:>11} {c['case']:>9}: measured {c['measured_median_step_s'] * 1e3:7.1f} ms, predicted "
