@@ -20,19 +20,18 @@ def test_sizes_are_whole_float32_elements():
     assert commbench.DEFAULT_SIZES[0] == 8 and commbench.DEFAULT_SIZES[-1] == 64 * 2**20
 
 
-def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
-    out = tmp_path / "comm.json"
+def run_commbench(ranks: int, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("GLOO_SOCKET_IFNAME", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "ddpbench.commbench",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    return subprocess.run(
+        [*cmd, "-m", "ddpbench.commbench", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
+    out = tmp_path / "comm.json"
+    args = [
         "--out",
         str(out),
         "--sizes",
@@ -48,7 +47,7 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
         "--timeout",
         "60",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    done = run_commbench(2, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["world_size"] == 2 and result["backend"] == "gloo"
@@ -65,3 +64,19 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
     assert large > small  # 4 MiB takes longer than 8 bytes
     fit = predict.fit_collective(*predict.comm_points([result]))
     assert fit.alpha_s >= 0 and fit.bandwidth_bytes_s > 0
+
+
+def test_one_launch_times_each_world_size_in_a_group_of_its_first_ranks(tmp_path):
+    outs = [tmp_path / "ws2.json", tmp_path / "ws3.json"]
+    done = run_commbench(3, "--world-sizes", "2,3", "--out", *map(str, outs), "--sizes", "8,65536", "--reps", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for world_size, out in zip((2, 3), outs, strict=True):
+        result = json.loads(out.read_text())
+        assert result["world_size"] == result["environment"]["world_size"] == world_size
+        assert result["environment"]["launched_ranks"] == 3
+        assert [p["bytes"] for p in result["sweep"]] == [8, 65536] and result["buckets"] == []
+    # One --out per world size, and no world size beyond the ranks launched: said before any timing.
+    done = run_commbench(2, "--world-sizes", "2,3", "--out", *map(str, outs))
+    assert done.returncode != 0 and "launch at least 3 ranks, not 2" in done.stderr
+    done = run_commbench(2, "--world-sizes", "2", "--out", *map(str, outs))
+    assert done.returncode != 0 and "give one --out per world size: 2 files for --world-sizes [2]" in done.stderr

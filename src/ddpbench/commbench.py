@@ -2,12 +2,16 @@
 
     torchrun --standalone --nproc-per-node W -m ddpbench.commbench --out comm.json \
         [--sizes BYTES,...] [--buckets BYTES,...] [--model simple_cnn] [--reps N] [--device cpu|cuda|auto]
+    torchrun --standalone --nproc-per-node 8 -m ddpbench.commbench --world-sizes 2,4,8 \
+        --out ws2.json ws4.json ws8.json ...
 
 Times ``dist.all_reduce`` of float32 tensors over a sweep of message sizes (powers of 4 from 8 B,
 and 64 MiB) and over the given bucket sizes (``--model`` adds the model's own DDP buckets), on
 gloo (CPU) or nccl (CUDA, synchronised before the clock is read). Per size: warm-up calls, then
 repetitions, each preceded by a barrier and timed on every rank; a repetition's time is the
-slowest rank's, and the size's time the median over repetitions. Rank 0 writes one JSON file.
+slowest rank's, and the size's time the median over repetitions. Rank 0 writes one JSON file per
+world size: with ``--world-sizes``, the first W ranks of one launch time each W in a group of
+their own (one start-up for all, the others waiting), else all of them.
 """
 
 from __future__ import annotations
@@ -51,17 +55,19 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def time_allreduce(nbytes: int, device: torch.device, reps: int, budget_s: float) -> dict:
+def time_allreduce(
+    nbytes: int, device: torch.device, reps: int, budget_s: float, group: dist.ProcessGroup | None = None
+) -> dict:
     """Median over repetitions of the slowest rank's time for one all-reduce of ``nbytes``.
 
     Repetitions stop at ``reps`` or once ``budget_s`` would be exceeded (at least MIN_REPS); the
     count is agreed across ranks from the slowest warm-up, so every rank makes the same calls."""
     tensor = torch.zeros(nbytes // FLOAT32_BYTES, dtype=torch.float32, device=device)  # zeros never overflow
-    warmup = timed_calls(tensor, device, WARMUP)[-1]  # the first calls set up connections and buffers
-    slowest_warmup = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device))[0]
+    warmup = timed_calls(tensor, device, WARMUP, group)[-1]  # the first calls set up connections and buffers
+    slowest_warmup = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device), group)[0]
     count = max(MIN_REPS, min(reps, math.floor(budget_s / max(slowest_warmup, 1e-9))))
-    times = torch.tensor(timed_calls(tensor, device, count), dtype=torch.float64, device=device)
-    values = slowest_rank(times)  # each repetition takes as long as its slowest rank
+    times = torch.tensor(timed_calls(tensor, device, count, group), dtype=torch.float64, device=device)
+    values = slowest_rank(times, group)  # each repetition takes as long as its slowest rank
     return {
         "bytes": nbytes,
         "median_s": statistics.median(values),
@@ -71,23 +77,25 @@ def time_allreduce(nbytes: int, device: torch.device, reps: int, budget_s: float
     }
 
 
-def timed_calls(tensor: torch.Tensor, device: torch.device, calls: int) -> list[float]:
+def timed_calls(
+    tensor: torch.Tensor, device: torch.device, calls: int, group: dist.ProcessGroup | None = None
+) -> list[float]:
     """Seconds of each of ``calls`` all-reduces of ``tensor`` on this rank, each after a barrier."""
     sync = synchronizer(device)
     seconds = []
     for _ in range(calls):
-        dist.barrier()
+        dist.barrier(group=group)
         sync()
         start = time.perf_counter()
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=group)
         sync()
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def slowest_rank(seconds: torch.Tensor) -> list[float]:
-    """Element-wise maximum over the ranks."""
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+def slowest_rank(seconds: torch.Tensor, group: dist.ProcessGroup | None = None) -> list[float]:
+    """Element-wise maximum over the ranks (of ``group``)."""
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
     return seconds.tolist()
 
 
@@ -123,7 +131,7 @@ def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float
     return list(seen)
 
 
-def environment(backend: str, device: torch.device) -> dict:
+def environment(backend: str, device: torch.device, world_size: int) -> dict:
     """Where the timings were taken: host, CPU, torch, backend, device and world size."""
     return {
         "hostname": socket.gethostname(),
@@ -132,14 +140,20 @@ def environment(backend: str, device: torch.device) -> dict:
         "backend": backend,
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "world_size": dist.get_world_size(),
+        "world_size": world_size,
+        "launched_ranks": dist.get_world_size(),
         "gloo_socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
     }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="torchrun ... -m ddpbench.commbench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="JSON file rank 0 writes")
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="JSON file rank 0 writes: one per --world-sizes")
+    p.add_argument(
+        "--world-sizes",
+        type=parse_world_sizes,
+        help="time at each of these world sizes, in groups of the first ranks (default: all ranks)",
+    )
     p.add_argument(
         "--sizes", type=parse_bytes_list, default=DEFAULT_SIZES, help="message sizes in bytes, comma-separated"
     )
@@ -155,7 +169,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error("--reps must be at least 1")
+    launched = int(os.environ.get("WORLD_SIZE", 1))
+    args.world_sizes = args.world_sizes or [launched]
+    if len(args.out) != len(args.world_sizes):
+        p.error(f"give one --out per world size: {len(args.out)} files for --world-sizes {args.world_sizes}")
+    if max(args.world_sizes) > launched:
+        p.error(f"--world-sizes {args.world_sizes}: launch at least {max(args.world_sizes)} ranks, not {launched}")
     return args
+
+
+def parse_world_sizes(text: str) -> list[int]:
+    """'2,4,8' -> [2, 4, 8]: each at least 2 (one rank has no collective to time)."""
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give world sizes of 2 or more, comma-separated")
+    return sizes
+
+
+def time_world_size(args: argparse.Namespace, world_size: int, buckets: list[int], device: torch.device) -> dict | None:
+    """The timings at ``world_size`` (the first ranks, in a group of their own when fewer than all); None on
+    the ranks outside it. Every rank must call this, in the same order: creating a group takes all."""
+    group = dist.new_group(list(range(world_size))) if world_size < dist.get_world_size() else None
+    if dist.get_rank() >= world_size:
+        return None
+    return {
+        "sweep": [time_allreduce(n, device, args.reps, args.budget_s, group) for n in args.sizes],
+        "buckets": [time_allreduce(n, device, args.reps, args.budget_s, group) for n in buckets],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -168,23 +208,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         buckets = list(args.buckets) + (ddp_bucket_bytes(args.model, device, args.bucket_cap_mb) if args.model else [])
-        sweep = [time_allreduce(n, device, args.reps, args.budget_s) for n in args.sizes]
-        timed_buckets = [time_allreduce(n, device, args.reps, args.budget_s) for n in buckets]
-        if dist.get_rank() == 0:
-            atomic_write_json(
-                args.out,
-                {
-                    "schema": "ddpbench.commbench/1",
-                    "created_utc": utc_now(),
-                    "world_size": dist.get_world_size(),
-                    "backend": backend,
-                    "model": args.model,
-                    "environment": environment(backend, device),
-                    "statistic": "median over repetitions of the slowest rank's time per all-reduce",
-                    "sweep": sweep,
-                    "buckets": timed_buckets,
-                },
-            )
+        for world_size, out in zip(args.world_sizes, args.out, strict=True):
+            timings = time_world_size(args, world_size, buckets, device)
+            if dist.get_rank() == 0:
+                atomic_write_json(
+                    out,
+                    {
+                        "schema": "ddpbench.commbench/1",
+                        "created_utc": utc_now(),
+                        "world_size": world_size,
+                        "backend": backend,
+                        "model": args.model,
+                        "environment": environment(backend, device, world_size),
+                        "statistic": "median over repetitions of the slowest rank's time per all-reduce",
+                        **timings,
+                    },
+                )
+            dist.barrier()  # the ranks outside the group wait here for it
     finally:
         dist.destroy_process_group()
 

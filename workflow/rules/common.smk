@@ -432,29 +432,43 @@ def rendezvous(wildcards):
 
 # ---------------------------------------------------------------- prediction
 # The all-reduce timings the scaling prediction (ddpbench.predict, in summary.json) is fitted to:
-# one short ddpbench.commbench per measured world size of 2 or more that runs on one node. With
-# grid.variants the prediction is the baseline variant's (grid.baseline, else the first).
+# one short ddpbench.commbench launch at the largest measured world size that runs on one node,
+# timing each measured world size of 2 or more in a group of its first ranks (one start-up for
+# all). With grid.variants the prediction is the baseline variant's (grid.baseline, else the first).
 
-COMM = ("{variant}/" if VARIANTS else "") + "ws{world_size}"
+COMM_DIR = "results/comm/" + ("{variant}/" if VARIANTS else "")
 COMM_WORLD_SIZES = [w for w in world_sizes() if w >= 2 and nodes(w) == 1]
 PREDICTION_VARIANT = (config["grid"].get("baseline") or next(iter(VARIANTS))) if VARIANTS else None
 COMM_FILES = expand(
-    f"results/comm/{COMM}.json",
+    COMM_DIR + "ws{world_size}.json",
     world_size=COMM_WORLD_SIZES,
     **({"variant": [PREDICTION_VARIANT]} if VARIANTS else {}),
 )
 
 
+def comm_wildcards(wildcards):
+    """The commbench job as a training job of the largest world size it times (for its resources)."""
+    return SimpleNamespace(world_size=str(max(COMM_WORLD_SIZES)), variant=getattr(wildcards, "variant", None))
+
+
 def comm_threads(wildcards):
     """One core per rank: each rank drives its collective from one thread."""
-    return int(wildcards.world_size)
+    return max(COMM_WORLD_SIZES)
+
+
+def comm_mem_mb(wildcards):
+    return train_mem_mb(comm_wildcards(wildcards))
+
+
+def comm_gpus(wildcards):
+    return train_gpus(comm_wildcards(wildcards))
 
 
 def comm_launcher(wildcards):
     """torchrun, or the emulated network's launcher, as the runs it predicts. Of the wildcards
     alone, so that a changed emulated link reruns the timings (Snakemake does not compare a
     parameter that needs resources with the last run's)."""
-    return one_node_launcher(int(wildcards.world_size), variant_options(wildcards))
+    return one_node_launcher(max(COMM_WORLD_SIZES), variant_options(wildcards))
 
 
 def comm_options(wildcards):

@@ -1,39 +1,41 @@
 # The all-reduce timings the scaling prediction (ddpbench.predict, in summary.json) is fitted to:
-# one short ddpbench.commbench per measured world size of 2 or more that runs on one node, launched
-# as that world size's runs are (emulated networks included) and timed alone like them (COMM_FILES
-# in common.smk: with grid.variants, the baseline's only).
+# one short ddpbench.commbench launch for all measured world sizes of 2 or more that run on one
+# node, launched as the largest one's runs are (emulated networks included) and timed alone like
+# them (COMM_FILES in common.smk: with grid.variants, the baseline's only).
 
 # A short sweep around DDP's bucket sizes, plus the model's own buckets: seconds, most of them start-up.
 COMM_SIZES = "8,1024,65536,1048576,4194304,16777216"
 COMM_REPS, COMM_BUDGET_S = 5, 0.2
 
 
-rule commbench:
-    output:
-        f"results/comm/{COMM}.json",
-    log:
-        f"logs/comm/{COMM}.log",
-    benchmark:
-        f"benchmarks/comm/{COMM}.tsv"
-    wildcard_constraints:
-        world_size=world_size_pattern(multinode=False),
-    conda:
-        ENV
-    threads: comm_threads
-    resources:
-        # Timed alone, as the training runs are (profiles/default caps bench_slot at 1).
-        bench_slot=1,
-        mem_mb=train_mem_mb,
-        gpu=train_gpus,
-        tasks_per_gpu=0,
-    params:
-        launch=launch_prefix,
-        launcher=comm_launcher,
-        options=comm_options,
-        sizes=COMM_SIZES,
-        reps=COMM_REPS,
-        budget=COMM_BUDGET_S,
-    shell:
-        # Under ddpbench.launch, which ends it if Snakemake dies, as the training launches.
-        "OMP_NUM_THREADS=1 {params.launch} -- {params.launcher} -m ddpbench.commbench --out {output} {params.options}"
-        " --sizes {params.sizes} --reps {params.reps} --budget-s {params.budget} > {log} 2>&1"
+if COMM_WORLD_SIZES:
+
+    rule commbench:
+        output:
+            [COMM_DIR + f"ws{w}.json" for w in COMM_WORLD_SIZES],
+        log:
+            COMM_DIR.replace("results/", "logs/") + "commbench.log",
+        benchmark:
+            COMM_DIR.replace("results/", "benchmarks/") + "commbench.tsv"
+        conda:
+            ENV
+        threads: comm_threads
+        resources:
+            # Timed alone, as the training runs are (profiles/default caps bench_slot at 1).
+            bench_slot=1,
+            mem_mb=comm_mem_mb,
+            gpu=comm_gpus,
+            tasks_per_gpu=0,
+        params:
+            launch=launch_prefix,
+            launcher=comm_launcher,
+            options=comm_options,
+            world_sizes=",".join(map(str, COMM_WORLD_SIZES)),
+            sizes=COMM_SIZES,
+            reps=COMM_REPS,
+            budget=COMM_BUDGET_S,
+        shell:
+            # Under ddpbench.launch, which ends it if Snakemake dies, as the training launches.
+            "OMP_NUM_THREADS=1 {params.launch} -- {params.launcher} -m ddpbench.commbench"
+            " --world-sizes {params.world_sizes} --out {output} {params.options}"
+            " --sizes {params.sizes} --reps {params.reps} --budget-s {params.budget} > {log} 2>&1"
