@@ -109,10 +109,11 @@ def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:
         return commbench_across(net, out, QUICK_SIZES, args.comm_reps, timeout=600)
 
 
-def predicted_step(runs: list[dict], loopback: predict.CollectiveFit, collective: predict.CollectiveFit) -> float:
+def predicted_step(
+    runs: list[dict], buckets: list[float], loopback: predict.CollectiveFit, collective: predict.CollectiveFit
+) -> float:
     """The step the model predicts at W = 2 over ``collective`` from ``runs`` (loopback, of one or two
     world sizes, whose all-reduce the ``loopback`` fit describes), as ``predict.predict_from_runs`` does."""
-    buckets = predict.gradient_buckets([], runs)
     profile = predict.profile_from(predict.measure(runs), buckets, loopback)
     return predict.predict_step(profile, 2, buckets, collective, "per_worker", BATCH)["step_time_s"]
 
@@ -158,16 +159,24 @@ def main() -> None:
             links[bw].append(emulated_run(bw, work / f"link{bw:g}_seed{seed}.json", args, seed))
     lo_fit = predict.fit_collective(*predict.comm_points([loopback_comm(work / "comm_lo.json", args)]))
     both = loop[1] + loop[2]
-    cases = [case("loopback", "loopback", [measured_step(r) for r in loop[2]], predicted_step(loop[1], lo_fit, lo_fit))]
+    buckets = predict.gradient_buckets([], loop[2])  # as DDP built them at W = 2 (W = 1 skips the all-reduce)
+    cases = [
+        case(
+            "loopback",
+            "loopback",
+            [measured_step(r) for r in loop[2]],
+            predicted_step(loop[1], buckets, lo_fit, lo_fit),
+        )
+    ]
     fits = {"loopback": lo_fit.to_dict()}
     for bw, runs in links.items():
         measured = [measured_step(r) for r in runs]
         named = predict.network_fit(lo_fit, bw, 0.0)
         across = predict.fit_collective(*predict.comm_points([link_comm(bw, work / f"comm_{bw:g}.json", args)]))
         fits[f"{bw:g} Gbit/s"] = across.to_dict()
-        cases.append(case("named", f"{bw:g} Gbit/s", measured, predicted_step(both, lo_fit, named)))
-        cases.append(case("from_w1", f"{bw:g} Gbit/s", measured, predicted_step(loop[1], lo_fit, named)))
-        cases.append(case("link_fit", f"{bw:g} Gbit/s", measured, predicted_step(both, lo_fit, across)))
+        cases.append(case("named", f"{bw:g} Gbit/s", measured, predicted_step(both, buckets, lo_fit, named)))
+        cases.append(case("from_w1", f"{bw:g} Gbit/s", measured, predicted_step(loop[1], buckets, lo_fit, named)))
+        cases.append(case("link_fit", f"{bw:g} Gbit/s", measured, predicted_step(both, buckets, lo_fit, across)))
     for c in cases:
         print(
             f"{c['link']:>11} {c['case']:>9}: measured {c['measured_median_step_s'] * 1e3:7.1f} ms, predicted "

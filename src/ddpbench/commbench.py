@@ -37,6 +37,9 @@ FLOAT32_BYTES = 4
 DEFAULT_SIZES = [8 * 4**k for k in range(12)] + [64 * 2**20]  # 8 B ... 32 MiB, then 64 MiB
 WARMUP = 3
 MIN_REPS = 3
+# The ranks outside a smaller world size's group wait for all its timings at one barrier: up to this many
+# times --timeout, which bounds each timed collective.
+IDLE_TIMEOUTS = 100
 
 
 def parse_bytes_list(text: str) -> list[int]:
@@ -189,7 +192,9 @@ def parse_world_sizes(text: str) -> list[int]:
 def time_world_size(args: argparse.Namespace, world_size: int, buckets: list[int], device: torch.device) -> dict | None:
     """The timings at ``world_size`` (the first ranks, in a group of their own when fewer than all); None on
     the ranks outside it. Every rank must call this, in the same order: creating a group takes all."""
-    group = dist.new_group(list(range(world_size))) if world_size < dist.get_world_size() else None
+    # Every timed collective runs in a group with the short timeout; only the default group's barrier
+    # after each world size, where the ranks outside the group wait for it, has the long one.
+    group = dist.new_group(list(range(world_size)), timeout=timedelta(seconds=args.timeout))
     if dist.get_rank() >= world_size:
         return None
     return {
@@ -204,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     device, backend = select_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     gloo_on_loopback_within_one_node()
     dist.init_process_group(
-        backend, timeout=timedelta(seconds=args.timeout), device_id=device if device.type == "cuda" else None
+        backend,
+        timeout=timedelta(seconds=args.timeout * IDLE_TIMEOUTS),
+        device_id=device if device.type == "cuda" else None,
     )
     try:
         buckets = list(args.buckets) + (ddp_bucket_bytes(args.model, device, args.bucket_cap_mb) if args.model else [])

@@ -358,13 +358,16 @@ def profile_from(
     """The reference worker: the largest world size's per-rank compute, data and loop overhead, with
     the hidden fraction of all timed runs; with the fitted ``collective``, also the wait for the
     slowest rank: the reference's exposed communication beyond what the all-reduce of
-    ``bucket_bytes`` costs by the fit (none at W = 1)."""
+    ``bucket_bytes`` costs by the fit (none at W = 1, or where the fit has no timings at the
+    reference's world size)."""
     if not measured:
         raise ValueError("no measured runs to build a step profile from")
     ref = measured[max(measured)]
     hidden = hidden_fraction(measured.values())
     wait = 0.0
-    if collective is not None and ref.world_size > 1 and ref.comm_exposed_s is not None:
+    # Only where the all-reduce was timed at the reference's size: across nodes the remainder would be the
+    # interconnect's cost, which the named networks add anyway.
+    if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
         busy = sum(collective.seconds(b, ref.world_size) for b in bucket_bytes)
         wait = max(0.0, ref.comm_exposed_s - (busy - min(hidden * busy, ref.compute_s)))
     return StepProfile(ref.world_size, ref.per_rank_batch, ref.compute_s, ref.data_s, ref.other_s, hidden, wait)
