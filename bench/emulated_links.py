@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,31 +39,16 @@ from commbench_netem import QUICK_SIZES, commbench_across
 
 from ddpbench import netem, predict
 from ddpbench.metrics import cpu_model
+from ddpbench.options import command_line
 
 BATCH = 128
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def train_args(data: Path, out: Path, args: argparse.Namespace, seed: int) -> list[str]:
-    return [
-        "-m",
-        "ddpbench.train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--batch-size",
-        str(BATCH),
-        "--seed",
-        str(seed),
-        "--epochs",
-        str(args.epochs),
-        "--max-train-samples",
-        str(args.max_train_samples),
-        "--threads-per-worker",
-        "1",
-        "--quiet",
-    ]
+    options = {"data": str(data), "out": str(out), "batch_size": BATCH, "seed": seed, "epochs": args.epochs}
+    options |= {"max_train_samples": args.max_train_samples, "threads_per_worker": 1}
+    return ["-m", "ddpbench.train", *shlex.split(command_line(options)), "--quiet"]
 
 
 def run(argv: list[str], log: Path, reuse: bool) -> None:
