@@ -51,41 +51,32 @@ def train_args(data: Path, out: Path, args: argparse.Namespace, seed: int) -> li
     return ["-m", "ddpbench.train", *shlex.split(command_line(options)), "--quiet"]
 
 
-def run(argv: list[str], log: Path, reuse: bool) -> None:
-    """Run ``argv`` with its output in ``log``, unless ``reuse`` and its JSON (``log`` with .json) is there."""
-    if reuse and log.with_suffix(".json").exists():
-        return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DDPBENCH_PIN": "1"}
-    with log.open("w") as fh:
-        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=1800).returncode
-    if code:
-        raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
+def run(argv: list[str], out: Path, reuse: bool) -> dict:
+    """Run ``argv``, which writes ``out``, with its output in ``out`` .log; the JSON it wrote. With
+    ``reuse``, an ``out`` already there is read instead."""
+    if not (reuse and out.exists()):
+        log = out.with_suffix(".log")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DDPBENCH_PIN": "1"}
+        with log.open("w") as fh:
+            code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=1800).returncode
+        if code:
+            raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
+    return json.loads(out.read_text())
 
 
 def loopback_run(world: int, out: Path, args: argparse.Namespace, seed: int) -> dict:
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", str(world), *train_args(args.data, out, args, seed)]
-    run(argv, out.with_suffix(".log"), args.reuse)
-    return json.loads(out.read_text())
+    return run(argv, out, args.reuse)
 
 
 def emulated_run(bandwidth: float, out: Path, args: argparse.Namespace, seed: int) -> dict:
     launch = [sys.executable, "-m", "ddpbench.netem", "launch", "--nodes", "2", "--bandwidth-gbit", str(bandwidth)]
-    run(
-        [*launch, "--prefix", "bnchlink", "--", *train_args(args.data, out, args, seed)],
-        out.with_suffix(".log"),
-        args.reuse,
-    )
-    return json.loads(out.read_text())
+    return run([*launch, "--prefix", "bnchlink", "--", *train_args(args.data, out, args, seed)], out, args.reuse)
 
 
 def loopback_comm(out: Path, args: argparse.Namespace) -> dict:
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "ddpbench.commbench", "--out", str(out)]
-    run(
-        [*argv, "--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"],
-        out.with_suffix(".log"),
-        args.reuse,
-    )
-    return json.loads(out.read_text())
+    return run([*argv, "--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"], out, args.reuse)
 
 
 def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:

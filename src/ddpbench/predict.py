@@ -193,8 +193,8 @@ def network_fit(measured: CollectiveFit, bandwidth_gbit: float, latency_us: floa
 
 @dataclass(frozen=True)
 class StepProfile:
-    """Seconds per step of one rank at ``per_rank_batch``: the reference worker, measured at ``world_size``,
-    where it waited ``wait_s`` per step for the slowest rank."""
+    """Seconds per step of one rank at ``per_rank_batch``: the reference worker, measured at ``world_size``
+    with ``threads_per_worker``, where it waited ``wait_s`` per step for the slowest rank."""
 
     world_size: int
     per_rank_batch: int
@@ -203,6 +203,7 @@ class StepProfile:
     other_s: float
     hidden_fraction: float
     wait_s: float = 0.0
+    threads_per_worker: int | None = None
 
     def wait_at(self, world_size: int, scale: float = 1.0) -> float:
         """The wait for the slowest of ``world_size`` ranks, at ``scale`` times the reference's compute."""
@@ -237,8 +238,7 @@ def predict_step(
     per_rank = batch_size if batch_mode == "per_worker" else batch_size / world_size
     scale = per_rank / profile.per_rank_batch
     compute, data = profile.compute_s * scale, profile.data_s * scale
-    busy = sum(collective.seconds(b, world_size) for b in bucket_bytes)
-    exposed = busy - min(profile.hidden_fraction * busy, compute)
+    busy, exposed = communication(collective, bucket_bytes, world_size, profile.hidden_fraction, compute)
     wait = profile.wait_at(world_size, scale)
     step = data + compute + profile.other_s + wait + exposed
     throughput = world_size * per_rank / step
@@ -259,6 +259,15 @@ def predict_step(
         "speedup": speedup,
         "efficiency": speedup / world_size if speedup is not None else None,
     }
+
+
+def communication(
+    collective: CollectiveFit, bucket_bytes: Sequence[float], world_size: int, hidden: float, compute_s: float
+) -> tuple[float, float]:
+    """(busy, exposed) seconds a step: the all-reduce of every bucket, less the ``hidden`` share, never
+    more than the step's compute."""
+    busy = sum(collective.seconds(b, world_size) for b in bucket_bytes)
+    return busy, busy - min(hidden * busy, compute_s)
 
 
 def world_sizes_up_to(max_world_size: int) -> list[int]:
@@ -368,9 +377,18 @@ def profile_from(
     # Only where the all-reduce was timed at the reference's size: across nodes the remainder would be the
     # interconnect's cost, which the named networks add anyway.
     if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
-        busy = sum(collective.seconds(b, ref.world_size) for b in bucket_bytes)
-        wait = max(0.0, ref.comm_exposed_s - (busy - min(hidden * busy, ref.compute_s)))
-    return StepProfile(ref.world_size, ref.per_rank_batch, ref.compute_s, ref.data_s, ref.other_s, hidden, wait)
+        _, exposed = communication(collective, bucket_bytes, ref.world_size, hidden, ref.compute_s)
+        wait = max(0.0, ref.comm_exposed_s - exposed)
+    return StepProfile(
+        ref.world_size,
+        ref.per_rank_batch,
+        ref.compute_s,
+        ref.data_s,
+        ref.other_s,
+        hidden,
+        wait,
+        ref.threads_per_worker,
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -423,7 +441,7 @@ def validate(
         baseline = kept[1].throughput_samples_s if 1 in kept else None
         profile = profile_from(kept, bucket_bytes, collective)
         pred = predict_step(profile, held, bucket_bytes, collective, batch_mode, batch_size, baseline)
-        actual, reference = measured[held], kept[max(kept)]
+        actual = measured[held]
         speedup = actual.throughput_samples_s / baseline if baseline else None
         cases.append(
             {
@@ -431,7 +449,7 @@ def validate(
                 "fit_world_sizes": sorted(kept),
                 "comm_world_sizes": list(collective.world_sizes),
                 # The model carries a rank's compute over unchanged: only fair when the threads per rank are too.
-                "fit_threads_per_worker": reference.threads_per_worker,
+                "fit_threads_per_worker": profile.threads_per_worker,
                 "held_out_threads_per_worker": actual.threads_per_worker,
                 "measured_step_time_s": actual.period_s,
                 "predicted_step_time_s": pred["step_time_s"],
@@ -510,8 +528,7 @@ def predict_from_runs(
         profile = profile_from(measured, buckets, measured_fit)
         baseline = measured[1].throughput_samples_s if 1 in measured else None
         tag = {"runs_batch_mode": mode, "batch_size": batch}
-        threads = measured[profile.world_size].threads_per_worker
-        profiles.append({**tag, **asdict(profile), "threads_per_worker": threads})
+        profiles.append({**tag, **asdict(profile)})
         for row in predict_curves(profile, buckets, fits, batch, baseline, max_world_size):
             rows.append({**tag, **row})
         validation += [{**tag, **case} for case in validate(measured, points, buckets, mode, batch, algorithm)]

@@ -436,11 +436,12 @@ def rendezvous(wildcards):
 # timing each measured world size of 2 or more in a group of its first ranks (one start-up for
 # all). With grid.variants the prediction is the baseline variant's (grid.baseline, else the first).
 
-COMM_DIR = "results/comm/" + ("{variant}/" if VARIANTS else "")
+COMM = "comm/" + ("{variant}/" if VARIANTS else "")  # under results/, logs/ and benchmarks/
 COMM_WORLD_SIZES = [w for w in world_sizes() if w >= 2 and nodes(w) == 1]
+COMM_LAUNCH_SIZE = max(COMM_WORLD_SIZES, default=0)  # the one launch times them all
 PREDICTION_VARIANT = (config["grid"].get("baseline") or next(iter(VARIANTS))) if VARIANTS else None
 COMM_FILES = expand(
-    COMM_DIR + "ws{world_size}.json",
+    f"results/{COMM}ws{{world_size}}.json",
     world_size=COMM_WORLD_SIZES,
     **({"variant": [PREDICTION_VARIANT]} if VARIANTS else {}),
 )
@@ -448,12 +449,7 @@ COMM_FILES = expand(
 
 def comm_wildcards(wildcards):
     """The commbench job as a training job of the largest world size it times (for its resources)."""
-    return SimpleNamespace(world_size=str(max(COMM_WORLD_SIZES)), variant=getattr(wildcards, "variant", None))
-
-
-def comm_threads(wildcards):
-    """One core per rank: each rank drives its collective from one thread."""
-    return max(COMM_WORLD_SIZES)
+    return SimpleNamespace(world_size=str(COMM_LAUNCH_SIZE), variant=getattr(wildcards, "variant", None))
 
 
 def comm_mem_mb(wildcards):
@@ -468,7 +464,7 @@ def comm_launcher(wildcards):
     """torchrun, or the emulated network's launcher, as the runs it predicts. Of the wildcards
     alone, so that a changed emulated link reruns the timings (Snakemake does not compare a
     parameter that needs resources with the last run's)."""
-    return one_node_launcher(max(COMM_WORLD_SIZES), variant_options(wildcards))
+    return one_node_launcher(COMM_LAUNCH_SIZE, variant_options(wildcards))
 
 
 def comm_options(wildcards):

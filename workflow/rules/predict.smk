@@ -12,14 +12,15 @@ if COMM_WORLD_SIZES:
 
     rule commbench:
         output:
-            [COMM_DIR + f"ws{w}.json" for w in COMM_WORLD_SIZES],
+            [f"results/{COMM}ws{w}.json" for w in COMM_WORLD_SIZES],
         log:
-            COMM_DIR.replace("results/", "logs/") + "commbench.log",
+            f"logs/{COMM}commbench.log",
         benchmark:
-            COMM_DIR.replace("results/", "benchmarks/") + "commbench.tsv"
+            f"benchmarks/{COMM}commbench.tsv"
         conda:
             ENV
-        threads: comm_threads
+        # One core per rank: each rank drives its collective from one thread.
+        threads: COMM_LAUNCH_SIZE
         resources:
             # Timed alone, as the training runs are (profiles/default caps bench_slot at 1).
             bench_slot=1,
