@@ -46,6 +46,8 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
         "0.3",
         "--timeout",
         "60",
+        "--step-batch",
+        "8",
     ]
     done = run_commbench(2, *args)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,6 +66,13 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
     assert large > small  # 4 MiB takes longer than 8 bytes
     fit = predict.fit_collective(*predict.comm_points([result]))
     assert fit.alpha_s >= 0 and fit.bandwidth_bytes_s > 0
+    # The model's step without communication, rank 0 alone and both at once, in blocks of 3 steps:
+    compute = result["compute"]
+    assert (compute["batch"], compute["threads"], compute["steps_alone"], compute["steps_together"]) == (8, 1, 6, 6)
+    assert compute["slowdown"] == pytest.approx(compute["together_median_s"] / compute["alone_median_s"])
+    assert 0 < compute["rank_wait_s"] < compute["together_median_s"]
+    colocation = predict.Colocation.from_comm([result])
+    assert colocation.measured == ((2, compute["slowdown"], compute["rank_wait_s"] / compute["together_median_s"]),)
 
 
 def test_one_launch_times_each_world_size_in_a_group_of_its_first_ranks(tmp_path):

@@ -102,6 +102,35 @@ def test_predicted_step_by_hand():
     assert row["speedup"] is None  # no measured W = 1 given
 
 
+def test_ranks_computing_together_by_hand():
+    # commbench on a node: 2 ranks at once compute 1.1x as slowly as one alone and wait 0.05 of a step for the
+    # slower; 4 at once, 1.25x, waiting 0.08 of a step.
+    colocation = predict.Colocation(((2, 1.1, 0.05), (4, 1.25, 0.08)))
+    # Linear between the numbers timed; a node holds 4 ranks, the most timed on one.
+    assert [colocation.slowdown(w) for w in (1, 2, 3, 4, 64)] == pytest.approx([1.0, 1.1, 1.175, 1.25, 1.25])
+    # Reference W = 1: compute 0.1 s, no communication; one 4 MB bucket, alpha 0, B 1e9.
+    measured = {1: predict.Measured(1, 128, 1, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 128 / 0.1)}
+    profile = predict.profile_from(measured, [4e6], link(0.0, 1e9), colocation)
+    # One rank waits for nobody; the wait is commbench's at 4 ranks: 0.08 * 0.1 * 1.25 = 0.010 s at W = 4.
+    assert (profile.wait_world_size, profile.wait_s) == (4, pytest.approx(0.010))
+    # W = 2: compute 0.1 * 1.1 = 0.11 s; busy 2 (1) / 2 * 4e6 / 1e9 = 0.004 s, none hidden;
+    # wait 0.010 * e(2) / e(4) = 0.010 * 0.5641896 / 1.0293754 = 0.0054809 s; step 0.1194809 s.
+    row = predict.predict_step(profile, 2, [4e6], link(0.0, 1e9), "per_worker", 128)
+    assert (row["compute_s"], row["rank_wait_s"]) == (pytest.approx(0.11), pytest.approx(0.0054809, rel=1e-5))
+    assert row["step_time_s"] == pytest.approx(0.1194809, rel=1e-6)
+    # W = 8 on nodes of 4: compute 0.125 s; busy 2 (7) / 8 * 4e6 / 1e9 = 0.007 s;
+    # wait 0.010 * 1.4236003 / 1.0293754 = 0.0138297 s; step 0.1458297 s.
+    row = predict.predict_step(profile, 8, [4e6], link(0.0, 1e9), "per_worker", 128)
+    assert row["step_time_s"] == pytest.approx(0.1458297, rel=1e-6)
+    # A reference of 2 ranks already computed at 1.1x: W = 4 is 1.25 / 1.1 of it; its wait stays the runs'.
+    at_two = {2: predict.Measured(2, 128, 1, 0.114, 0.1, 0.0, 0.0, 0.014, 0.014, 2 * 128 / 0.114)}
+    profile = predict.profile_from(at_two, [4e6], link(0.0, 1e9), colocation)
+    assert (profile.wait_world_size, profile.wait_s) == (2, pytest.approx(0.010))
+    assert profile.compute_at(4) == pytest.approx(0.1 * 1.25 / 1.1) and profile.compute_at(1) == pytest.approx(
+        0.1 / 1.1
+    )
+
+
 def test_expected_maximum_of_normals_from_tables():
     expected = {
         1: 0.0,
@@ -191,6 +220,32 @@ def test_leave_one_out_on_runs_the_model_describes():
         assert case["step_time_rel_error"] == pytest.approx(0.0, abs=1e-9)
     assert cases[0]["speedup_rel_error"] is None  # W = 1 held out: nothing to measure speedup against
     assert [c["speedup_rel_error"] for c in cases[1:]] == [pytest.approx(0.0, abs=1e-9)] * 2
+
+
+def test_leave_one_out_carries_how_ranks_on_a_node_slow_each_other():
+    # Each rank computes 5 % slower per other rank on its node, as commbench measured at 2 and 4 ranks.
+    runs = [synthetic_run(1), synthetic_run(2, slower=1.05), synthetic_run(4, slower=1.15)]
+
+    def timed(world: int, slowdown: float) -> dict:
+        step = 0.05 * slowdown
+        compute = {"alone_median_s": 0.05, "together_median_s": step, "slowdown": slowdown, "rank_wait_s": 0.0}
+        return {**comm_doc(world), "compute": compute}
+
+    docs = [timed(2, 1.05), timed(4, 1.15)]
+    cases = {
+        c["held_out"]: c
+        for c in predict.validate(
+            predict.measure(runs), predict.comm_points(docs), BUCKETS, "per_worker", 32, comm_docs=docs
+        )
+    }
+    # W = 1 from W = 4's compute, less its slowdown; W = 2 from W = 4, and the slowdown between 1 and 4 ranks.
+    assert cases[1]["compute_slowdown"] == pytest.approx(1 / 1.15)
+    assert cases[2]["compute_slowdown"] == pytest.approx(1.05 / 1.15)
+    for held in (1, 2):
+        assert cases[held]["step_time_rel_error"] == pytest.approx(0.0, abs=1e-9)
+    # W = 4 from W = 2: commbench's timing at 4 is the held-out size's, so a node holds 2 ranks as far as the
+    # model knows; it keeps the reference's compute, and W = 4 comes out faster than measured.
+    assert cases[4]["compute_slowdown"] == 1.0 and cases[4]["step_time_rel_error"] < -0.05
 
 
 def test_validation_reports_a_wrong_prediction():

@@ -66,6 +66,9 @@ def test_the_comm_benchmark_is_launched_as_the_runs_are(workdir):
     assert '-m ddpbench.launch --watch-pid "$DDPBENCH_SNAKEMAKE_PID" --timing-lock' in command
     assert "-- torchrun --standalone --nproc-per-node 4 -m ddpbench.commbench --world-sizes 2,4" in command
     assert "--out results/comm/ws2.json results/comm/ws4.json --model simple_cnn --bucket-cap-mb 25.0" in command
+    # The step timed with all ranks computing: the grid's first batch (config.yaml's 128), at the runs' threads
+    # per rank, pinned.
+    assert "--step-batch 128 --threads-per-rank 1" in command and "DDPBENCH_PIN=1 " in command
     variants = {"plain": None, "small_buckets": {"train": {"bucket_cap_mb": 1}}}
     grid = {**CONFIG["grid"], "variants": variants, "baseline": "small_buckets"}
     config = write_config(workdir, "variants.yaml", {**CONFIG, "grid": grid})

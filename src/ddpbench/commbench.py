@@ -3,7 +3,7 @@
     torchrun --standalone --nproc-per-node W -m ddpbench.commbench --out comm.json \
         [--sizes BYTES,...] [--buckets BYTES,...] [--model simple_cnn] [--reps N] [--device cpu|cuda|auto]
     torchrun --standalone --nproc-per-node 8 -m ddpbench.commbench --world-sizes 2,4,8 \
-        --out ws2.json ws4.json ws8.json ...
+        --out ws2.json ws4.json ws8.json [--step-batch 128] ...
 
 Times ``dist.all_reduce`` of float32 tensors over a sweep of message sizes (powers of 4 from 8 B,
 and 64 MiB) and over the given bucket sizes (``--model`` adds the model's own DDP buckets), on
@@ -12,6 +12,13 @@ repetitions, each preceded by a barrier and timed on every rank; a repetition's 
 slowest rank's, and the size's time the median over repetitions. Rank 0 writes one JSON file per
 world size: with ``--world-sizes``, the first W ranks of one launch time each W in a group of
 their own (one start-up for all, the others waiting), else all of them.
+
+With ``--model`` and ``--step-batch``, it also times the model's training step without any
+communication (forward, backward, SGD step at that batch, one thread per rank), on rank 0 alone
+and on all W ranks at once, in alternating blocks: how much slower a rank computes when the
+node's other ranks compute too (shared memory bandwidth, caches, clocks; on a VM, the host), and
+how far apart the ranks' step times fall, which is what a synchronising all-reduce waits for.
+A run at one rank shows neither.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ddpbench.distributed import gloo_on_loopback_within_one_node, select_device
+from ddpbench.distributed import gloo_on_loopback_within_one_node, pin_to_cores, select_device
 from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.metrics import cpu_model
 
@@ -40,6 +47,7 @@ MIN_REPS = 3
 # The ranks outside a smaller world size's group wait for all its timings at one barrier: up to this many
 # times --timeout, which bounds each timed collective.
 IDLE_TIMEOUTS = 100
+STEP_WARMUP, STEP_BLOCK, STEP_ROUNDS = 2, 3, 2  # compute steps: warm-up, then alone / together blocks, twice
 
 
 def parse_bytes_list(text: str) -> list[int]:
@@ -134,6 +142,60 @@ def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float
     return list(seen)
 
 
+def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group: dist.ProcessGroup) -> dict:
+    """The model's training step without communication, at ``batch`` per rank: rank 0 alone (the
+    others idle at a barrier), then every rank of ``group`` at once, in alternating blocks so that a
+    drifting machine affects both alike. Returns the medians, their ratio (the slowdown) and the mean
+    over together-steps of the slowest rank's time less the ranks' mean (the wait for the slowest)."""
+    sync, rank, size = synchronizer(device), dist.get_rank(group), dist.get_world_size(group)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    def steps(count: int) -> list[float]:
+        seconds = []
+        for _ in range(count):
+            start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    steps(STEP_WARMUP)
+    alone, together = [], []
+    for _ in range(STEP_ROUNDS):
+        dist.barrier(group=group)
+        if rank == 0:
+            alone += steps(STEP_BLOCK)
+        dist.barrier(group=group)
+        together += steps(STEP_BLOCK)
+    per_rank = torch.zeros(size, len(together), dtype=torch.float64, device=device)
+    per_rank[rank] = torch.tensor(together, dtype=torch.float64, device=device)
+    dist.all_reduce(per_rank, group=group)  # every rank's step times, row by row
+    wait = (per_rank.max(0).values - per_rank.mean(0)).mean().item()
+    alone_s, together_s = statistics.median(alone or [0.0]), per_rank.median().item()
+    return {
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "steps_alone": len(alone),
+        "steps_together": len(together),
+        "alone_median_s": alone_s,
+        "together_median_s": together_s,
+        "slowdown": together_s / alone_s if alone_s else None,
+        "rank_wait_s": wait,
+    }
+
+
+def step_model(name: str, device: torch.device) -> torch.nn.Module:
+    """The model as the runs train it (channels_last), for timing its step."""
+    from ddpbench.models import build_model
+
+    return build_model(name).to(device).to(memory_format=torch.channels_last).train()
+
+
 def environment(backend: str, device: torch.device, world_size: int) -> dict:
     """Where the timings were taken: host, CPU, torch, backend, device and world size."""
     return {
@@ -163,6 +225,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--buckets", type=parse_bytes_list, default=[], help="DDP bucket sizes in bytes, comma-separated")
     p.add_argument("--model", help="also time this model's own DDP buckets (e.g. simple_cnn)")
     p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb for --model (as the runs)")
+    p.add_argument(
+        "--threads-per-rank", type=int, default=1, help="torch threads (and cores pinned) per rank, as the runs'"
+    )
+    p.add_argument(
+        "--step-batch",
+        type=int,
+        default=0,
+        help="with --model, also time its training step at this batch per rank, alone and all ranks at once",
+    )
     p.add_argument("--reps", type=int, default=20, help="repetitions per size (fewer for slow sizes)")
     p.add_argument("--budget-s", type=float, default=2.0, help="seconds of repetitions per size, at least 3 reps")
     p.add_argument(
@@ -172,6 +243,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error("--reps must be at least 1")
+    if args.threads_per_rank < 1:
+        p.error("--threads-per-rank must be at least 1")
+    if args.step_batch < 0 or (args.step_batch and not args.model):
+        p.error("--step-batch needs --model and a batch of at least 1 (0: do not time the step)")
     launched = int(os.environ.get("WORLD_SIZE", 1))
     args.world_sizes = args.world_sizes or [launched]
     if len(args.out) != len(args.world_sizes):
@@ -189,7 +264,9 @@ def parse_world_sizes(text: str) -> list[int]:
     return sizes
 
 
-def time_world_size(args: argparse.Namespace, world_size: int, buckets: list[int], device: torch.device) -> dict | None:
+def time_world_size(
+    args: argparse.Namespace, world_size: int, buckets: list[int], device: torch.device, model: torch.nn.Module | None
+) -> dict | None:
     """The timings at ``world_size`` (the first ranks, in a group of their own when fewer than all); None on
     the ranks outside it. Every rank must call this, in the same order: creating a group takes all."""
     # Every timed collective runs in a group with the short timeout; only the default group's barrier
@@ -197,16 +274,22 @@ def time_world_size(args: argparse.Namespace, world_size: int, buckets: list[int
     group = dist.new_group(list(range(world_size)), timeout=timedelta(seconds=args.timeout))
     if dist.get_rank() >= world_size:
         return None
-    return {
+    timings = {
         "sweep": [time_allreduce(n, device, args.reps, args.budget_s, group) for n in args.sizes],
         "buckets": [time_allreduce(n, device, args.reps, args.budget_s, group) for n in buckets],
     }
+    if model is not None:
+        timings["compute"] = time_compute(model, args.step_batch, device, group)
+    return timings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # the collective's own threads do the work; no intra-op pool contending with them
-    device, backend = select_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    # As the runs: each rank on its own cores (where this launch owns them), with their threads.
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    pin_to_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), args.threads_per_rank)
+    torch.set_num_threads(args.threads_per_rank)
+    device, backend = select_device(args.device, local_rank)
     gloo_on_loopback_within_one_node()
     dist.init_process_group(
         backend,
@@ -215,8 +298,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         buckets = list(args.buckets) + (ddp_bucket_bytes(args.model, device, args.bucket_cap_mb) if args.model else [])
+        model = step_model(args.model, device) if args.step_batch else None
         for world_size, out in zip(args.world_sizes, args.out, strict=True):
-            timings = time_world_size(args, world_size, buckets, device)
+            timings = time_world_size(args, world_size, buckets, device, model)
             if dist.get_rank() == 0:
                 atomic_write_json(
                     out,

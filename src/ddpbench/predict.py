@@ -4,15 +4,18 @@ fitted to ``ddpbench.commbench``'s measurements, and a step model built from mea
 A training step at world size W is modelled as
 
     step(W) = data(W) + compute(W) + other + wait(W) + exposed(W)
+    compute(W) = compute(W_ref) * s(ranks on a node at W) / s(ranks on a node at W_ref)
     exposed(W) = busy(W) - min(hidden_fraction * busy(W), compute(W))
     busy(W) = sum over DDP's gradient buckets of T_allreduce(bucket bytes, W)
-    wait(W) = wait(W_ref) * e(W) / e(W_ref),  e(W) = E[max of W standard normals]
+    wait(W) = wait(W_w) * e(W) / e(W_w),  e(W) = E[max of W standard normals]
 
 with compute and data per step measured per rank at its batch, ``other`` the rest of the loop
-per step, the hidden fraction (1 - exposed / busy) measured in the runs, and wait the time a
-rank waits at the all-reduce for the slowest one: the reference run's exposed communication
-beyond what the fitted all-reduce explains, growing with W as the slowest of W ranks whose step
-times vary independently. Pure functions
+per step, the hidden fraction (1 - exposed / busy) measured in the runs, s(n) how much slower a
+rank computes with n ranks computing at once on its node (commbench's step timing, 1 alone), and
+wait the time a rank waits at the all-reduce for the slowest one, growing with W as the slowest
+of W ranks whose step times vary independently. Its scale, at W_w: the reference run's exposed
+communication beyond what the fitted all-reduce explains or, where the reference is one rank,
+which waits for nobody, the wait commbench measured among ranks computing at once. Pure functions
 (numpy, scipy, pandas): no torch import, so the workflow's report step stays light.
 
     python -m ddpbench.predict --runs results/runs/*.json --comm comm_ws2.json \
@@ -88,7 +91,11 @@ ASSUMPTIONS = (
     "Each step waits at the all-reduce for the slowest rank. The ranks' step times vary independently and "
     "normally, so the wait grows as the expected maximum of W standard normals (0.56 at W = 2, 3.2 at 1024), "
     "in proportion to the compute per step; its scale is the reference run's exposed communication beyond "
-    "what the fitted all-reduce explains.",
+    "what the fitted all-reduce explains or, where the reference is one rank, the wait commbench measured "
+    "among ranks computing at once.",
+    "A node holds as many ranks as the largest world size commbench timed on one node. A rank computes as much "
+    "slower, with its node's other ranks computing too, as commbench measured for that many ranks (shared "
+    "memory bandwidth, caches, clocks); the reference run's compute already includes its own share.",
 )
 
 
@@ -192,9 +199,49 @@ def network_fit(measured: CollectiveFit, bandwidth_gbit: float, latency_us: floa
 
 
 @dataclass(frozen=True)
+class Colocation:
+    """A rank's compute with its node's other ranks computing at once (ddpbench.commbench's step
+    timing), per number of ranks n timed on one node: (n, slowdown against one rank alone, mean wait
+    for the slowest rank as a fraction of the step)."""
+
+    measured: tuple[tuple[int, float, float], ...] = ()
+
+    @classmethod
+    def from_comm(cls, comm_docs: Iterable[Mapping], world_sizes: set[int] | None = None) -> Colocation:
+        """From commbench outputs (at ``world_sizes`` where given, when any of them has a timing)."""
+        found = {
+            int(doc["world_size"]): doc["compute"]
+            for doc in comm_docs
+            if (doc.get("compute") or {}).get("slowdown") and doc["compute"]["together_median_s"] > 0
+        }
+        chosen = {w: c for w, c in found.items() if world_sizes is None or w in world_sizes} or found
+        return cls(
+            tuple(
+                (w, float(c["slowdown"]), float(c["rank_wait_s"]) / float(c["together_median_s"]))
+                for w, c in sorted(chosen.items())
+            )
+        )
+
+    def node_ranks(self, world_size: int) -> int:
+        """Ranks computing on one node at ``world_size``: at most the largest number timed on one."""
+        return min(world_size, max((n for n, _, _ in self.measured), default=1))
+
+    def slowdown(self, world_size: int) -> float:
+        """s(n) for the node's ranks at ``world_size``: 1 alone, linear between the numbers timed."""
+        sizes = [1, *(n for n, _, _ in self.measured)]
+        factors = [1.0, *(s for _, s, _ in self.measured)]
+        return float(np.interp(self.node_ranks(world_size), sizes, factors))
+
+    def wait(self) -> tuple[int, float] | None:
+        """(n, wait fraction) at the most ranks timed, or None without a timing."""
+        return (self.measured[-1][0], self.measured[-1][2]) if self.measured else None
+
+
+@dataclass(frozen=True)
 class StepProfile:
     """Seconds per step of one rank at ``per_rank_batch``: the reference worker, measured at ``world_size``
-    with ``threads_per_worker``, where it waited ``wait_s`` per step for the slowest rank."""
+    with ``threads_per_worker``; ``wait_s`` per step for the slowest rank at ``wait_world_size`` (the
+    reference's own unless taken from commbench), and how its compute changes with ``colocation``."""
 
     world_size: int
     per_rank_batch: int
@@ -204,12 +251,21 @@ class StepProfile:
     hidden_fraction: float
     wait_s: float = 0.0
     threads_per_worker: int | None = None
+    wait_world_size: int | None = None
+    colocation: Colocation = Colocation()
 
     def wait_at(self, world_size: int, scale: float = 1.0) -> float:
         """The wait for the slowest of ``world_size`` ranks, at ``scale`` times the reference's compute."""
-        if self.world_size <= 1:
+        at = self.wait_world_size or self.world_size
+        if at <= 1 or world_size <= 1:
             return 0.0
-        return self.wait_s * scale * expected_max_normal(world_size) / expected_max_normal(self.world_size)
+        return self.wait_s * scale * expected_max_normal(world_size) / expected_max_normal(at)
+
+    def compute_at(self, world_size: int, scale: float = 1.0) -> float:
+        """A rank's compute at ``world_size``, ``scale`` times the reference's batch: the reference's,
+        with its node's ranks changed from the reference's to those at ``world_size``."""
+        factor = self.colocation.slowdown(world_size) / self.colocation.slowdown(self.world_size)
+        return self.compute_s * scale * factor
 
 
 @cache
@@ -237,7 +293,7 @@ def predict_step(
         raise ValueError(f"batch_mode {batch_mode!r}: use one of {BATCH_MODES}")
     per_rank = batch_size if batch_mode == "per_worker" else batch_size / world_size
     scale = per_rank / profile.per_rank_batch
-    compute, data = profile.compute_s * scale, profile.data_s * scale
+    compute, data = profile.compute_at(world_size, scale), profile.data_s * scale
     busy, exposed = communication(collective, bucket_bytes, world_size, profile.hidden_fraction, compute)
     wait = profile.wait_at(world_size, scale)
     step = data + compute + profile.other_s + wait + exposed
@@ -362,23 +418,30 @@ def hidden_fraction(measured: Iterable[Measured]) -> float:
 
 
 def profile_from(
-    measured: Mapping[int, Measured], bucket_bytes: Sequence[float] = (), collective: CollectiveFit | None = None
+    measured: Mapping[int, Measured],
+    bucket_bytes: Sequence[float] = (),
+    collective: CollectiveFit | None = None,
+    colocation: Colocation = Colocation(),
 ) -> StepProfile:
     """The reference worker: the largest world size's per-rank compute, data and loop overhead, with
     the hidden fraction of all timed runs; with the fitted ``collective``, also the wait for the
     slowest rank: the reference's exposed communication beyond what the all-reduce of
-    ``bucket_bytes`` costs by the fit (none at W = 1, or where the fit has no timings at the
-    reference's world size)."""
+    ``bucket_bytes`` costs by the fit (none where the fit has no timings at the reference's world
+    size). A one-rank reference waits for nobody: its wait is the ``colocation`` timing's, as a
+    fraction of the reference's compute slowed down as there."""
     if not measured:
         raise ValueError("no measured runs to build a step profile from")
     ref = measured[max(measured)]
     hidden = hidden_fraction(measured.values())
-    wait = 0.0
+    wait, wait_world_size = 0.0, ref.world_size
     # Only where the all-reduce was timed at the reference's size: across nodes the remainder would be the
     # interconnect's cost, which the named networks add anyway.
     if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
         _, exposed = communication(collective, bucket_bytes, ref.world_size, hidden, ref.compute_s)
         wait = max(0.0, ref.comm_exposed_s - exposed)
+    elif ref.world_size == 1 and colocation.wait() is not None:
+        wait_world_size, fraction = colocation.wait()
+        wait = fraction * ref.compute_s * colocation.slowdown(wait_world_size)
     return StepProfile(
         ref.world_size,
         ref.per_rank_batch,
@@ -388,6 +451,8 @@ def profile_from(
         hidden,
         wait,
         ref.threads_per_worker,
+        wait_world_size,
+        colocation,
     )
 
 
@@ -422,12 +487,14 @@ def validate(
     batch_mode: str,
     batch_size: int,
     algorithm: str = "ring",
+    comm_docs: Sequence[Mapping] = (),
 ) -> list[dict]:
     """Predict a measured world size from the others, as the model would predict an unmeasured one.
 
     With two measured sizes the largest is predicted from the smaller; with more, each is left out
-    in turn. The communication model is fitted on the comm timings of the world sizes kept (all of
-    them when none of those is above 1). Speedup needs the measured W = 1 among the kept sizes.
+    in turn. The communication model and the ranks' co-location are taken from the commbench
+    timings of the world sizes kept (all of them when none of those is above 1). Speedup needs the
+    measured W = 1 among the kept sizes.
     Each case names the threads per rank of the reference run and of the held-out one: where they
     differ (the cores shared among the ranks), the error includes the change of threads."""
     sizes = sorted(measured)
@@ -439,7 +506,7 @@ def validate(
         kept = {w: m for w, m in measured.items() if w != held}
         collective = _fit_on(points, set(kept), algorithm)
         baseline = kept[1].throughput_samples_s if 1 in kept else None
-        profile = profile_from(kept, bucket_bytes, collective)
+        profile = profile_from(kept, bucket_bytes, collective, Colocation.from_comm(comm_docs, set(kept)))
         pred = predict_step(profile, held, bucket_bytes, collective, batch_mode, batch_size, baseline)
         actual = measured[held]
         speedup = actual.throughput_samples_s / baseline if baseline else None
@@ -450,6 +517,8 @@ def validate(
                 "comm_world_sizes": list(collective.world_sizes),
                 # The model carries a rank's compute over unchanged: only fair when the threads per rank are too.
                 "fit_threads_per_worker": profile.threads_per_worker,
+                # How much slower (or faster) a rank computes with the held-out size's ranks on its node.
+                "compute_slowdown": profile.compute_at(held) / profile.compute_s if profile.compute_s else 1.0,
                 "held_out_threads_per_worker": actual.threads_per_worker,
                 "measured_step_time_s": actual.period_s,
                 "predicted_step_time_s": pred["step_time_s"],
@@ -525,13 +594,14 @@ def predict_from_runs(
     rows, validation, profiles = [], [], []
     for (mode, batch), group in sorted(groups.items()):
         measured = measure(group)
-        profile = profile_from(measured, buckets, measured_fit)
+        profile = profile_from(measured, buckets, measured_fit, Colocation.from_comm(comm_docs))
         baseline = measured[1].throughput_samples_s if 1 in measured else None
         tag = {"runs_batch_mode": mode, "batch_size": batch}
         profiles.append({**tag, **asdict(profile)})
         for row in predict_curves(profile, buckets, fits, batch, baseline, max_world_size):
             rows.append({**tag, **row})
-        validation += [{**tag, **case} for case in validate(measured, points, buckets, mode, batch, algorithm)]
+        cases = validate(measured, points, buckets, mode, batch, algorithm, comm_docs)
+        validation += [{**tag, **case} for case in cases]
     return {
         "algorithm": algorithm,
         "formula": measured_fit.formula,

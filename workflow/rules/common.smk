@@ -467,7 +467,23 @@ def comm_launcher(wildcards):
     return one_node_launcher(COMM_LAUNCH_SIZE, variant_options(wildcards))
 
 
-def comm_options(wildcards):
-    """What decides the messages: the model's buckets at the runs' bucket cap, on their device."""
+def comm_threads(wildcards):
+    return train_threads(comm_wildcards(wildcards))
+
+
+def comm_omp_threads(wildcards, threads):
+    return omp_threads(comm_wildcards(wildcards), threads)
+
+
+def comm_options(wildcards, threads):
+    """What decides the messages: the model's buckets at the runs' bucket cap, on their device;
+    and the step commbench times with the ranks computing at once: the model at the per-rank batch
+    of the launch size's runs (of the grid's first batch size), at their threads per rank."""
     options = variant_options(wildcards)
-    return command_line({k: options[k] for k in ("model", "bucket_cap_mb", "device", "timeout")})
+    batch = config["grid"]["batch_sizes"][0]
+    if options["batch_size_mode"] == "global":
+        batch = max(1, batch // COMM_LAUNCH_SIZE)
+    per_rank = comm_omp_threads(wildcards, threads)
+    return command_line({k: options[k] for k in ("model", "bucket_cap_mb", "device", "timeout")}) + (
+        f" --step-batch {batch} --threads-per-rank {per_rank}"
+    )

@@ -19,8 +19,8 @@ if COMM_WORLD_SIZES:
             f"benchmarks/{COMM}commbench.tsv"
         conda:
             ENV
-        # One core per rank: each rank drives its collective from one thread.
-        threads: COMM_LAUNCH_SIZE
+        # As the launch size's runs: their threads per rank.
+        threads: comm_threads
         resources:
             # Timed alone, as the training runs are (profiles/default caps bench_slot at 1).
             bench_slot=1,
@@ -31,12 +31,14 @@ if COMM_WORLD_SIZES:
             launch=launch_prefix,
             launcher=comm_launcher,
             options=comm_options,
+            pin=pin_cores,
+            omp_threads=comm_omp_threads,
             world_sizes=",".join(map(str, COMM_WORLD_SIZES)),
             sizes=COMM_SIZES,
             reps=COMM_REPS,
             budget=COMM_BUDGET_S,
         shell:
             # Under ddpbench.launch, which ends it if Snakemake dies, as the training launches.
-            "OMP_NUM_THREADS=1 {params.launch} -- {params.launcher} -m ddpbench.commbench"
+            "DDPBENCH_PIN={params.pin} DDPBENCH_JOB_CPUS={threads} OMP_NUM_THREADS={params.omp_threads} {params.launch} -- {params.launcher} -m ddpbench.commbench"
             " --world-sizes {params.world_sizes} --out {output} {params.options}"
             " --sizes {params.sizes} --reps {params.reps} --budget-s {params.budget} > {log} 2>&1"
