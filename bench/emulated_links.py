@@ -8,7 +8,8 @@ each rank on its own core (DDPBENCH_PIN=1), ``--max-train-samples`` images for `
 epochs; a step is the run's whole training time over its steps (data, compute, exposed
 communication), pooled over the epochs as the workflow's prediction pools them.
 
-1. On loopback: runs at W = 1 and W = 2, and ``ddpbench.commbench`` at W = 2.
+1. On loopback: runs at W = 1 and W = 2, and ``ddpbench.commbench`` at W = 2 (with its timing of
+   the model's step, one rank alone and both at once, as the workflow runs it).
 2. Per bandwidth: ``commbench`` across two network namespaces joined by a veth pair shaped to it
    (tbf; ``bench/commbench_netem.py``), and a W = 2 run across the same kind of link
    (``python -m ddpbench.netem launch``).
@@ -76,7 +77,8 @@ def emulated_run(bandwidth: float, out: Path, args: argparse.Namespace, seed: in
 
 def loopback_comm(out: Path, args: argparse.Namespace) -> dict:
     argv = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "ddpbench.commbench", "--out", str(out)]
-    return run([*argv, "--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"], out, args.reuse)
+    argv += ["--sizes", QUICK_SIZES, "--reps", str(args.comm_reps), "--budget-s", "1"]
+    return run([*argv, "--model", "simple_cnn", "--step-batch", str(BATCH)], out, args.reuse)
 
 
 def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:
@@ -87,11 +89,15 @@ def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:
 
 
 def predicted_step(
-    runs: list[dict], buckets: list[float], loopback: predict.CollectiveFit, collective: predict.CollectiveFit
+    runs: list[dict],
+    buckets: list[float],
+    loopback: predict.CollectiveFit,
+    collective: predict.CollectiveFit,
+    colocation: predict.Colocation,
 ) -> float:
     """The step the model predicts at W = 2 over ``collective`` from ``runs`` (loopback, of one or two
     world sizes, whose all-reduce the ``loopback`` fit describes), as ``predict.predict_from_runs`` does."""
-    profile = predict.profile_from(predict.measure(runs), buckets, loopback)
+    profile = predict.profile_from(predict.measure(runs), buckets, loopback, colocation)
     return predict.predict_step(profile, 2, buckets, collective, "per_worker", BATCH)["step_time_s"]
 
 
@@ -134,7 +140,8 @@ def main() -> None:
             loop[world].append(loopback_run(world, work / f"lo_ws{world}_seed{seed}.json", args, seed))
         for bw in links:
             links[bw].append(emulated_run(bw, work / f"link{bw:g}_seed{seed}.json", args, seed))
-    lo_fit = predict.fit_collective(*predict.comm_points([loopback_comm(work / "comm_lo.json", args)]))
+    lo_comm = loopback_comm(work / "comm_lo.json", args)
+    lo_fit, together = predict.fit_collective(*predict.comm_points([lo_comm])), predict.Colocation.from_comm([lo_comm])
     both = loop[1] + loop[2]
     buckets = predict.gradient_buckets([], loop[2])  # as DDP built them at W = 2 (W = 1 skips the all-reduce)
     cases = [
@@ -142,7 +149,7 @@ def main() -> None:
             "loopback",
             "loopback",
             [measured_step(r) for r in loop[2]],
-            predicted_step(loop[1], buckets, lo_fit, lo_fit),
+            predicted_step(loop[1], buckets, lo_fit, lo_fit, together),
         )
     ]
     fits = {"loopback": lo_fit.to_dict()}
@@ -151,9 +158,10 @@ def main() -> None:
         named = predict.network_fit(lo_fit, bw, 0.0)
         across = predict.fit_collective(*predict.comm_points([link_comm(bw, work / f"comm_{bw:g}.json", args)]))
         fits[f"{bw:g} Gbit/s"] = across.to_dict()
-        cases.append(case("named", f"{bw:g} Gbit/s", measured, predicted_step(both, buckets, lo_fit, named)))
-        cases.append(case("from_w1", f"{bw:g} Gbit/s", measured, predicted_step(loop[1], buckets, lo_fit, named)))
-        cases.append(case("link_fit", f"{bw:g} Gbit/s", measured, predicted_step(both, buckets, lo_fit, across)))
+        ways = {"named": (both, named), "from_w1": (loop[1], named), "link_fit": (both, across)}
+        for name, (runs_from, collective) in ways.items():
+            predicted = predicted_step(runs_from, buckets, lo_fit, collective, together)
+            cases.append(case(name, f"{bw:g} Gbit/s", measured, predicted))
     for c in cases:
         print(
             f"{c['link']:>11} {c['case']:>9}: measured {c['measured_median_step_s'] * 1e3:7.1f} ms, predicted "
@@ -164,6 +172,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "loopback_runs": {w: [r["totals"] for r in runs] for w, runs in loop.items()},
         "collective_fits": fits,
+        "ranks_computing_together": lo_comm.get("compute"),
         "cases": cases,
     }
     if args.out:

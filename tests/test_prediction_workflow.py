@@ -105,6 +105,14 @@ def check_prediction(workdir: Path) -> dict:
     part = html[html.index('<section id="prediction">') :]
     part = part[: part.index("</section>")]
     assert "<h2>Beyond this machine</h2>" in part and '<figure id="plot-prediction"' in part
+    # commbench's timing of the two ranks computing at once, as the model used it and the report shows it.
+    together = comm["compute"]
+    assert together["steps_alone"] == together["steps_together"] == 6 and together["batch"] == 128
+    assert prediction["profiles"][0]["colocation"]["measured"] == [
+        [2, together["slowdown"], pytest.approx(together["rank_wait_s"] / together["together_median_s"])]
+    ]
+    shown = re.search(r'data-col="slowdown" data-ranks="2" data-value="([^"]+)"', part)
+    assert shown and float(shown[1]) == together["slowdown"]
     shown = re.search(r'data-held-out="2".*?data-col="step_time_rel_error" data-value="([^"]+)"', part, re.S)
     assert shown and float(shown[1]) == case["step_time_rel_error"]
     curve = next(c for c in prediction["curves"] if (c["network"], c["batch_mode"]) == ("1GbE", "per_worker"))

@@ -14,11 +14,11 @@ world size: with ``--world-sizes``, the first W ranks of one launch time each W 
 their own (one start-up for all, the others waiting), else all of them.
 
 With ``--model`` and ``--step-batch``, it also times the model's training step without any
-communication (forward, backward, SGD step at that batch, one thread per rank), on rank 0 alone
-and on all W ranks at once, in alternating blocks: how much slower a rank computes when the
-node's other ranks compute too (shared memory bandwidth, caches, clocks; on a VM, the host), and
-how far apart the ranks' step times fall, which is what a synchronising all-reduce waits for.
-A run at one rank shows neither.
+communication (forward, backward, SGD step at that batch, fp32, channels_last, at
+``--threads-per-rank``), on rank 0 alone and on all W ranks at once, in alternating blocks: how
+much slower a rank computes when the node's other ranks compute too (shared memory bandwidth,
+caches, clocks; on a VM, the host), and how far apart the ranks' step times fall, which is what
+a synchronising all-reduce waits for. A run at one rank shows neither.
 """
 
 from __future__ import annotations
