@@ -107,7 +107,7 @@ def check_prediction(workdir: Path) -> dict:
     assert "<h2>Beyond this machine</h2>" in part and '<figure id="plot-prediction"' in part
     # commbench's timing of the two ranks computing at once, as the model used it and the report shows it.
     together = comm["compute"]
-    assert together["steps_alone"] == together["steps_together"] == 6 and together["batch"] == 128
+    assert together["steps_alone"] == together["steps_together"] >= 2 and together["batch"] == 128
     assert prediction["profiles"][0]["colocation"]["measured"] == [
         [2, together["slowdown"], pytest.approx(together["rank_wait_s"] / together["together_median_s"])]
     ]

@@ -47,7 +47,9 @@ MIN_REPS = 3
 # The ranks outside a smaller world size's group wait for all its timings at one barrier: up to this many
 # times --timeout, which bounds each timed collective.
 IDLE_TIMEOUTS = 100
-STEP_WARMUP, STEP_BLOCK, STEP_ROUNDS = 2, 3, 2  # compute steps: warm-up, then alone / together blocks, twice
+# Compute steps: warm-up, then blocks alone and together, twice; blocks of up to 3 steps, fewer (at least 1)
+# where those would take more than STEP_BUDGET_S in all.
+STEP_WARMUP, STEP_BLOCK, STEP_ROUNDS, STEP_BUDGET_S = 2, 3, 2, 2.0
 
 
 def parse_bytes_list(text: str) -> list[int]:
@@ -144,9 +146,10 @@ def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float
 
 def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group: dist.ProcessGroup) -> dict:
     """The model's training step without communication, at ``batch`` per rank: rank 0 alone (the
-    others idle at a barrier), then every rank of ``group`` at once, in alternating blocks so that a
-    drifting machine affects both alike. Returns the medians, their ratio (the slowdown) and the mean
-    over together-steps of the slowest rank's time less the ranks' mean (the wait for the slowest)."""
+    others idle at a barrier), then every rank of ``group`` at once, in alternating blocks (as long
+    as STEP_BUDGET_S allows) so that a drifting machine affects both alike. Returns the medians,
+    their ratio (the slowdown) and the mean over together-steps of the slowest rank's time less the
+    ranks' mean (the wait for the slowest)."""
     sync, rank, size = synchronizer(device), dist.get_rank(group), dist.get_world_size(group)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
@@ -164,14 +167,16 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
             seconds.append(time.perf_counter() - start)
         return seconds
 
-    steps(STEP_WARMUP)
+    warmup = steps(STEP_WARMUP)[-1]
+    slowest = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device), group)[0]
+    block = max(1, min(STEP_BLOCK, math.floor(STEP_BUDGET_S / (2 * STEP_ROUNDS * slowest))))  # the same on all
     alone, together = [], []
     for _ in range(STEP_ROUNDS):
         dist.barrier(group=group)
         if rank == 0:
-            alone += steps(STEP_BLOCK)
+            alone += steps(block)
         dist.barrier(group=group)
-        together += steps(STEP_BLOCK)
+        together += steps(block)
     per_rank = torch.zeros(size, len(together), dtype=torch.float64, device=device)
     per_rank[rank] = torch.tensor(together, dtype=torch.float64, device=device)
     dist.all_reduce(per_rank, group=group)  # every rank's step times, row by row
