@@ -19,7 +19,9 @@ communication), pooled over the epochs as the workflow's prediction pools them.
      all-reduce fit with its bandwidth capped at the link's (``predict.network_fit``, no latency);
    - ``from_w1``: the same from the W = 1 run alone: the whole model, compute carried over too;
    - ``link_fit``: the loopback profile with the all-reduce fitted to commbench across the link.
-   The loopback W = 2 run predicted from W = 1 with the loopback fit is the ``loopback`` case.
+   The loopback W = 2 run predicted from W = 1 with the loopback fit is the ``loopback`` case;
+   ``loopback_alone`` is the same without commbench's timing of the ranks computing together
+   (what the one-rank runs alone tell), from the same runs.
 
 Prints one line per case and writes everything, with the CPU model, to ``--out``.
 """
@@ -150,7 +152,13 @@ def main() -> None:
             "loopback",
             [measured_step(r) for r in loop[2]],
             predicted_step(loop[1], buckets, lo_fit, lo_fit, together),
-        )
+        ),
+        case(
+            "loopback_alone",
+            "loopback",
+            [measured_step(r) for r in loop[2]],
+            predicted_step(loop[1], buckets, lo_fit, lo_fit, predict.Colocation()),
+        ),
     ]
     fits = {"loopback": lo_fit.to_dict()}
     for bw, runs in links.items():
@@ -164,7 +172,7 @@ def main() -> None:
             cases.append(case(name, f"{bw:g} Gbit/s", measured, predicted))
     for c in cases:
         print(
-            f"{c['link']:>11} {c['case']:>9}: measured {c['measured_median_step_s'] * 1e3:7.1f} ms, predicted "
+            f"{c['link']:>11} {c['case']:>14}: measured {c['measured_median_step_s'] * 1e3:7.1f} ms, predicted "
             f"{c['predicted_step_s'] * 1e3:7.1f} ms, error {c['step_time_rel_error'] * 100:+6.1f} %"
         )
     result = {

@@ -69,6 +69,7 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
     # The model's step without communication, rank 0 alone and both at once, in blocks of 3 steps:
     compute = result["compute"]
     assert (compute["batch"], compute["threads"], compute["steps_alone"], compute["steps_together"]) == (8, 1, 6, 6)
+    assert compute["ranks_per_node"] == 2
     assert compute["slowdown"] == pytest.approx(compute["together_median_s"] / compute["alone_median_s"])
     assert 0 < compute["rank_wait_s"] < compute["together_median_s"]
     colocation = predict.Colocation.from_comm([result])

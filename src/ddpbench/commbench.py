@@ -169,7 +169,7 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
 
     warmup = steps(STEP_WARMUP)[-1]
     slowest = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device), group)[0]
-    block = max(1, min(STEP_BLOCK, math.floor(STEP_BUDGET_S / (2 * STEP_ROUNDS * slowest))))  # the same on all
+    block = max(1, min(STEP_BLOCK, math.floor(STEP_BUDGET_S / (2 * STEP_ROUNDS * max(slowest, 1e-9)))))
     alone, together = [], []
     for _ in range(STEP_ROUNDS):
         dist.barrier(group=group)
@@ -181,9 +181,14 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
     per_rank[rank] = torch.tensor(together, dtype=torch.float64, device=device)
     dist.all_reduce(per_rank, group=group)  # every rank's step times, row by row
     wait = (per_rank.max(0).values - per_rank.mean(0)).mean().item()
-    alone_s, together_s = statistics.median(alone or [0.0]), per_rank.median().item()
+    hosts = [None] * size
+    dist.all_gather_object(hosts, socket.gethostname(), group=group)
+    alone_s, together_s = statistics.median(alone or [0.0]), statistics.median(per_rank.flatten().tolist())
     return {
         "batch": batch,
+        # Ranks computing at once on rank 0's host (an emulated network's namespaces share it; a group
+        # spanning hosts has fewer on each).
+        "ranks_per_node": hosts.count(hosts[0]),
         "threads": torch.get_num_threads(),
         "steps_alone": len(alone),
         "steps_together": len(together),

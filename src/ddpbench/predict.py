@@ -80,8 +80,9 @@ ALGORITHMS = {
 ASSUMPTIONS = (
     "Each added worker brings its own cores or GPU: a worker computes as one rank did in the measured "
     "run used as reference (the largest world size fitted), at its threads per rank.",
-    "Compute and data time per sample do not depend on the world size; in the global batch mode they scale "
-    "linearly with the per-rank batch (global batch / W), fixed per-step costs included.",
+    "Compute and data time per sample do not depend on the world size, apart from the ranks sharing a node "
+    "(below); in the global batch mode they scale linearly with the per-rank batch (global batch / W), fixed "
+    "per-step costs included.",
     "The all-reduce is a ring, one collective per DDP gradient bucket, one after another.",
     "A flat network: every pair of workers is joined at the same bandwidth and latency, with no contention.",
     "On a named network the per-step latency is the latency measured here plus the network's, and the "
@@ -91,11 +92,13 @@ ASSUMPTIONS = (
     "Each step waits at the all-reduce for the slowest rank. The ranks' step times vary independently and "
     "normally, so the wait grows as the expected maximum of W standard normals (0.56 at W = 2, 3.2 at 1024), "
     "in proportion to the compute per step; its scale is the reference run's exposed communication beyond "
-    "what the fitted all-reduce explains or, where the reference is one rank, the wait commbench measured "
-    "among ranks computing at once.",
-    "A node holds as many ranks as the largest world size commbench timed on one node. A rank computes as much "
-    "slower, with its node's other ranks computing too, as commbench measured for that many ranks (shared "
-    "memory bandwidth, caches, clocks); the reference run's compute already includes its own share.",
+    "what the fitted all-reduce explains or, where that cannot be told (one rank, or across nodes), the wait "
+    "commbench measured among ranks computing at once.",
+    "A node holds as many ranks as the most commbench timed on one node. A rank computes as much slower, with "
+    "its node's other ranks computing too, as commbench measured for that many ranks (shared memory "
+    "bandwidth, caches, clocks; linear between the numbers timed); the reference run's compute already "
+    "includes its own share. commbench times one batch (the launch size's per-rank batch of the grid's first "
+    "batch size); its slowdown and its wait, as a fraction of the step, apply to every batch.",
 )
 
 
@@ -201,8 +204,8 @@ def network_fit(measured: CollectiveFit, bandwidth_gbit: float, latency_us: floa
 @dataclass(frozen=True)
 class Colocation:
     """A rank's compute with its node's other ranks computing at once (ddpbench.commbench's step
-    timing), per number of ranks n timed on one node: (n, slowdown against one rank alone, mean wait
-    for the slowest rank as a fraction of the step)."""
+    timing), per number n of ranks computing on one node: (n, slowdown against one rank alone, mean
+    wait for the slowest rank as a fraction of the step)."""
 
     measured: tuple[tuple[int, float, float], ...] = ()
 
@@ -215,10 +218,12 @@ class Colocation:
             if (doc.get("compute") or {}).get("slowdown") and doc["compute"]["together_median_s"] > 0
         }
         chosen = {w: c for w, c in found.items() if world_sizes is None or w in world_sizes} or found
+        by_ranks = {int(c.get("ranks_per_node", w)): c for w, c in chosen.items()}
         return cls(
             tuple(
-                (w, float(c["slowdown"]), float(c["rank_wait_s"]) / float(c["together_median_s"]))
-                for w, c in sorted(chosen.items())
+                (n, float(c["slowdown"]), float(c["rank_wait_s"]) / float(c["together_median_s"]))
+                for n, c in sorted(by_ranks.items())
+                if n >= 2
             )
         )
 
@@ -255,17 +260,21 @@ class StepProfile:
     colocation: Colocation = Colocation()
 
     def wait_at(self, world_size: int, scale: float = 1.0) -> float:
-        """The wait for the slowest of ``world_size`` ranks, at ``scale`` times the reference's compute."""
+        """The wait for the slowest of ``world_size`` ranks, at ``scale`` times the reference's batch: in
+        proportion to the compute there."""
         at = self.wait_world_size or self.world_size
         if at <= 1 or world_size <= 1:
             return 0.0
-        return self.wait_s * scale * expected_max_normal(world_size) / expected_max_normal(at)
+        compute = scale * self.compute_factor(world_size) / self.compute_factor(at)
+        return self.wait_s * compute * expected_max_normal(world_size) / expected_max_normal(at)
+
+    def compute_factor(self, world_size: int) -> float:
+        """A rank's compute at ``world_size`` against the reference's: its node's ranks changed."""
+        return self.colocation.slowdown(world_size) / self.colocation.slowdown(self.world_size)
 
     def compute_at(self, world_size: int, scale: float = 1.0) -> float:
-        """A rank's compute at ``world_size``, ``scale`` times the reference's batch: the reference's,
-        with its node's ranks changed from the reference's to those at ``world_size``."""
-        factor = self.colocation.slowdown(world_size) / self.colocation.slowdown(self.world_size)
-        return self.compute_s * scale * factor
+        """A rank's compute at ``world_size``, ``scale`` times the reference's batch."""
+        return self.compute_s * scale * self.compute_factor(world_size)
 
 
 @cache
@@ -426,34 +435,32 @@ def profile_from(
     """The reference worker: the largest world size's per-rank compute, data and loop overhead, with
     the hidden fraction of all timed runs; with the fitted ``collective``, also the wait for the
     slowest rank: the reference's exposed communication beyond what the all-reduce of
-    ``bucket_bytes`` costs by the fit (none where the fit has no timings at the reference's world
-    size). A one-rank reference waits for nobody: its wait is the ``colocation`` timing's, as a
-    fraction of the reference's compute slowed down as there."""
+    ``bucket_bytes`` costs by the fit. Where that cannot be told (a one-rank reference waits for
+    nobody; across nodes the remainder is the interconnect's, which the named networks add anyway),
+    the wait is the ``colocation`` timing's, as a fraction of the compute there; without one, 0."""
     if not measured:
         raise ValueError("no measured runs to build a step profile from")
     ref = measured[max(measured)]
     hidden = hidden_fraction(measured.values())
-    wait, wait_world_size = 0.0, ref.world_size
-    # Only where the all-reduce was timed at the reference's size: across nodes the remainder would be the
-    # interconnect's cost, which the named networks add anyway.
-    if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
-        _, exposed = communication(collective, bucket_bytes, ref.world_size, hidden, ref.compute_s)
-        wait = max(0.0, ref.comm_exposed_s - exposed)
-    elif ref.world_size == 1 and colocation.wait() is not None:
-        wait_world_size, fraction = colocation.wait()
-        wait = fraction * ref.compute_s * colocation.slowdown(wait_world_size)
-    return StepProfile(
+    profile = StepProfile(
         ref.world_size,
         ref.per_rank_batch,
         ref.compute_s,
         ref.data_s,
         ref.other_s,
         hidden,
-        wait,
-        ref.threads_per_worker,
-        wait_world_size,
-        colocation,
+        threads_per_worker=ref.threads_per_worker,
+        colocation=colocation,
     )
+    # The residual only where the all-reduce was timed at the reference's size.
+    if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
+        _, exposed = communication(collective, bucket_bytes, ref.world_size, hidden, ref.compute_s)
+        return replace(profile, wait_s=max(0.0, ref.comm_exposed_s - exposed))
+    timed = colocation.wait()
+    if timed is not None:
+        ranks, fraction = timed
+        return replace(profile, wait_s=fraction * profile.compute_at(ranks), wait_world_size=ranks)
+    return profile
 
 
 # --------------------------------------------------------------------------- validation
@@ -515,10 +522,11 @@ def validate(
                 "held_out": held,
                 "fit_world_sizes": sorted(kept),
                 "comm_world_sizes": list(collective.world_sizes),
-                # The model carries a rank's compute over unchanged: only fair when the threads per rank are too.
+                # The model carries a rank's compute over at its threads (changed only by the ranks sharing a
+                # node): only fair when the threads per rank are the same.
                 "fit_threads_per_worker": profile.threads_per_worker,
                 # How much slower (or faster) a rank computes with the held-out size's ranks on its node.
-                "compute_slowdown": profile.compute_at(held) / profile.compute_s if profile.compute_s else 1.0,
+                "compute_slowdown": profile.compute_factor(held),
                 "held_out_threads_per_worker": actual.threads_per_worker,
                 "measured_step_time_s": actual.period_s,
                 "predicted_step_time_s": pred["step_time_s"],
