@@ -14,8 +14,9 @@ per step, the hidden fraction (1 - exposed / busy) measured in the runs, s(n) ho
 rank computes with n ranks computing at once on its node (commbench's step timing, 1 alone), and
 wait the time a rank waits at the all-reduce for the slowest one, growing with W as the slowest
 of W ranks whose step times vary independently. Its scale, at W_w: the reference run's exposed
-communication beyond what the fitted all-reduce explains or, where the reference is one rank,
-which waits for nobody, the wait commbench measured among ranks computing at once. Pure functions
+communication beyond what the fitted all-reduce explains or, where the runs cannot tell it (one
+rank, which waits for nobody, or across nodes), the wait commbench measured among ranks
+computing at once. Pure functions
 (numpy, scipy, pandas): no torch import, so the workflow's report step stays light.
 
     python -m ddpbench.predict --runs results/runs/*.json --comm comm_ws2.json \
@@ -211,13 +212,13 @@ class Colocation:
 
     @classmethod
     def from_comm(cls, comm_docs: Iterable[Mapping], world_sizes: set[int] | None = None) -> Colocation:
-        """From commbench outputs (at ``world_sizes`` where given, when any of them has a timing)."""
+        """From commbench outputs (only those at ``world_sizes``, where given)."""
         found = {
             int(doc["world_size"]): doc["compute"]
             for doc in comm_docs
             if (doc.get("compute") or {}).get("slowdown") and doc["compute"]["together_median_s"] > 0
         }
-        chosen = {w: c for w, c in found.items() if world_sizes is None or w in world_sizes} or found
+        chosen = {w: c for w, c in found.items() if world_sizes is None or w in world_sizes}
         by_ranks = {int(c.get("ranks_per_node", w)): c for w, c in chosen.items()}
         return cls(
             tuple(
@@ -478,10 +479,17 @@ def comm_points(comm_docs: Iterable[Mapping]) -> tuple[list[float], list[float],
     return sizes, seconds, worlds
 
 
+def comm_sizes_kept(points: tuple[list[float], list[float], list[int]], kept: Iterable[int]) -> set[int]:
+    """The commbench world sizes a validation case may use: those of the kept runs above 1, else all
+    (with only W = 1 kept, the timings at the held-out size are the only ones there are)."""
+    timed = set(points[2])
+    return timed & {w for w in kept if w > 1} or timed
+
+
 def _fit_on(points: tuple[list[float], list[float], list[int]], world_sizes: set[int], algorithm: str) -> CollectiveFit:
-    """Fit on the comm timings at ``world_sizes`` when there are any at W > 1, otherwise on all of them."""
+    """Fit on the comm timings at ``world_sizes``."""
     sizes, seconds, worlds = points
-    chosen = [i for i, w in enumerate(worlds) if w in world_sizes and w > 1] or list(range(len(worlds)))
+    chosen = [i for i, w in enumerate(worlds) if w in world_sizes]
     return fit_collective(
         [sizes[i] for i in chosen], [seconds[i] for i in chosen], [worlds[i] for i in chosen], algorithm
     )
@@ -511,9 +519,10 @@ def validate(
     cases = []
     for held in held_out:
         kept = {w: m for w, m in measured.items() if w != held}
-        collective = _fit_on(points, set(kept), algorithm)
+        comm_sizes = comm_sizes_kept(points, kept)
+        collective = _fit_on(points, comm_sizes, algorithm)
         baseline = kept[1].throughput_samples_s if 1 in kept else None
-        profile = profile_from(kept, bucket_bytes, collective, Colocation.from_comm(comm_docs, set(kept)))
+        profile = profile_from(kept, bucket_bytes, collective, Colocation.from_comm(comm_docs, comm_sizes))
         pred = predict_step(profile, held, bucket_bytes, collective, batch_mode, batch_size, baseline)
         actual = measured[held]
         speedup = actual.throughput_samples_s / baseline if baseline else None
