@@ -21,7 +21,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
+from ddpbench.cpus import core_block
+from ddpbench.distributed import gloo_on_loopback_within_one_node, retain_freed_memory
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model
 

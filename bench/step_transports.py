@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ddpbench.batches import BatchPipeline, Shard
 from ddpbench.cache import load_split, read_meta
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce
-from ddpbench.distributed import core_block, gloo_on_loopback_within_one_node, retain_freed_memory
+from ddpbench.cpus import core_block
+from ddpbench.distributed import gloo_on_loopback_within_one_node, retain_freed_memory
 from ddpbench.metrics import gather_objects
 from ddpbench.models import build_model, count_parameters
 from ddpbench.train import no_forward_buffer_sync

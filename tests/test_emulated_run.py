@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 from conftest import RUN_SCHEMA, child_env
 
-from ddpbench import netem
+from ddpbench import netem, netem_agents
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
@@ -64,6 +64,7 @@ def launch_env() -> dict:
     return env
 
 
+@pytest.mark.slow  # training runs across the link (20 s each)
 @pytest.mark.cluster
 @needs_root
 def test_two_ranks_train_across_an_emulated_link(synthetic_cache, tmp_path):
@@ -116,6 +117,7 @@ def wait_for_training(launcher: subprocess.Popen, log: Path, prefix: str, timeou
     return pids
 
 
+@pytest.mark.slow  # training runs across the link (20 s each)
 @pytest.mark.cluster
 @needs_root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -190,15 +192,32 @@ def test_each_agent_gets_its_own_cpus_where_there_are_enough(monkeypatch, nodes,
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert netem.agent_cpus(nodes) == expected
+    assert netem_agents.agent_cpus(nodes) == expected
 
 
 def test_unpinned_ranks_share_the_granted_cpus_and_do_not_pin(monkeypatch):
     """Every agent's rank is local rank 0: left to pin itself, each would take the first core."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setenv("DDPBENCH_JOB_CPUS", "4")
-    link = netem.single_rank_link(1.0, 0.0)
-    env = netem.agent_env(link, None, nodes=3)
+    link = netem_agents.single_rank_link(1.0, 0.0)
+    env = netem_agents.agent_env(link, None, nodes=3)
     assert (env["DDPBENCH_JOB_CPUS"], env["DDPBENCH_PIN"]) == ("1", "0")
     assert json.loads(env["DDPBENCH_EMULATED_LINK"]) == link
-    assert netem.agent_env(link, 2, nodes=2)["DDPBENCH_JOB_CPUS"] == "2"
+    assert netem_agents.agent_env(link, 2, nodes=2)["DDPBENCH_JOB_CPUS"] == "2"
+
+
+def test_each_namespace_runs_an_agent_of_the_shaped_network():
+    """Without creating anything: the names and addresses a network will have, what a run records of
+    it, and each agent's argv (inside its namespace, c10d on namespace 0, gloo on the shaped interface)."""
+    net = netem.EmulatedNetwork(3, bandwidth_gbit=0.5, prefix="targv", subnet="10.9.9")
+    assert net.all_namespaces() == [f"targv-{os.getpid()}-{i}" for i in (0, 1, 2)] + [f"targv-{os.getpid()}-hub"]
+    assert net.describe()["addresses"] == ["10.9.9.1", "10.9.9.2", "10.9.9.3"]
+    assert (net.describe()["topology"], net.describe()["shaping"]) == ("bridge", "tbf")
+    argvs = netem_agents.agent_argvs(net, ["-m", "ddpbench.train"])
+    assert len(argvs) == 3 and argvs[1][:4] == ["ip", "netns", "exec", net.namespaces[1]]
+    agent = " ".join(argvs[1])
+    assert "GLOO_SOCKET_IFNAME=veth0" in agent and "--rdzv-endpoint 10.9.9.1:29400" in agent
+    assert "is_host=0" in agent and "--local-addr 10.9.9.2" in agent and agent.endswith("-m ddpbench.train")
+    assert "--standalone" in netem_agents.agent_argvs(None, ["x"])[0]
+    with pytest.raises(netem.EmulationError, match="2 to 253"):
+        netem.EmulatedNetwork(1, bandwidth_gbit=1.0)

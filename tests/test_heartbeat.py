@@ -44,6 +44,7 @@ HUNG_RANK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # torchrun, two ranks and a 5 s collective timeout
 def test_a_stopped_rank_is_named_by_the_rank_that_timed_out(tmp_path):
     script = tmp_path / "hung_rank.py"
     script.write_text(HUNG_RANK)

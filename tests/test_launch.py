@@ -78,6 +78,7 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.slow  # waits past the moment an orphaned rank would write (7 s)
 @pytest.mark.parametrize("killed", ["snakemake", "job_shell"])
 def test_killed_snakemake_ends_the_launch_and_frees_the_lock(tmp_path, killed):
     """kill -9 of Snakemake (or of the job's shell while Snakemake lives on): the launch, down to a
@@ -139,6 +140,7 @@ def _text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@pytest.mark.slow  # two 4 s launches, one after the other
 def test_launches_sharing_a_timing_lock_run_one_after_the_other(tmp_path):
     """Two launches (as from two workflows) on one lock: the second starts only after the first
     has ended, says whom it waits for, and passes the wait to its command."""
@@ -178,7 +180,7 @@ def test_launches_sharing_a_timing_lock_run_one_after_the_other(tmp_path):
     assert (lock.stat().st_mode & 0o777) == 0o666  # other users of the host can queue on it too
 
 
-@pytest.mark.parametrize("child_obeys", [True, False])
+@pytest.mark.parametrize("child_obeys", [True, pytest.param(False, marks=pytest.mark.slow)])  # False: a 2 s grace
 def test_ctrl_c_is_forwarded_and_the_launch_ends(tmp_path, child_obeys):
     """SIGINT to the launcher reaches the command, which ends; a command that ignores it is killed
     after the grace period. Either way the launcher exits non-zero and leaves no process behind."""

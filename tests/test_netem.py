@@ -160,6 +160,7 @@ def test_cleanup_stale_removes_what_a_killed_owner_left():
     assert netem.namespaces(prefix) == []
 
 
+@pytest.mark.slow  # a commbench run of two torchrun agents (about 30 s)
 def test_commbench_across_an_emulated_link_fits_its_bandwidth(tmp_path):
     """Two ranks, one per namespace, all-reduce over a 1 Gbit/s link: the fitted ring model's bandwidth
     is the link's, less TCP/IP's headers (about 5 %)."""

@@ -14,7 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ddpbench.cpus import cores_available, job_cpus
+from ddpbench.cpus import core_block, cores_available, job_cpus, may_pin
+from ddpbench.supervise import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -96,26 +97,15 @@ def gloo_on_loopback_within_one_node() -> None:
 
 
 def pin_to_cores(local_rank: int, local_world_size: int, threads: int) -> list[int] | None:
-    """Give each rank on this node its own block of ``threads`` cores, when this launch owns them.
-
-    Unpinned ranks migrate between cores and evict each other's caches. But blocks are counted
-    from the first allowed core, so two launches sharing a machine would pin onto the same
-    cores: pin only when told the machine is ours (DDPBENCH_PIN=1, which the workflow sets
-    while timed runs go one at a time) or, unless DDPBENCH_PIN=0, when a scheduler confined us
-    to exactly the cores we use."""
-    cpus = sorted(os.sched_getaffinity(0))
+    """Give each rank on this node its own block of ``threads`` cores, when this launch owns them
+    (``cpus.may_pin``: the blocks fill the cores we may use, or DDPBENCH_PIN=1)."""
+    cores = len(os.sched_getaffinity(0))
     wanted = local_world_size * threads
-    setting = os.environ.get("DDPBENCH_PIN", "")
-    if wanted > len(cpus) or setting == "0" or (setting != "1" and wanted != len(cpus)):
+    if not may_pin(wanted <= cores, wanted == cores):
         return None
     block = core_block(local_rank, threads)
     os.sched_setaffinity(0, block)
     return block
-
-
-def core_block(index: int, threads: int) -> list[int]:
-    """The ``index``-th block of ``threads`` cores among those this process may use."""
-    return sorted(os.sched_getaffinity(0))[index * threads : (index + 1) * threads]
 
 
 def free_port() -> int:
@@ -129,8 +119,7 @@ def die_with_launcher() -> None:
     orphaned rank never finishes on its own and writes a result nobody asked for any more."""
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() == 1:  # the launcher was already gone before prctl took effect
         sys.exit("torchrun exited before this rank started")
 

@@ -29,6 +29,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from ddpbench.supervise import proc_stat
+
 PREFIX = "ddpbench/heartbeat"
 STORE_TIMEOUT_S = 5.0  # a store that does not answer within this is itself gone: no diagnosis then
 
@@ -122,11 +124,12 @@ def process_state(beat: dict) -> str:
     if beat["host"] != socket.gethostname():
         return ""
     try:
-        with open(f"/proc/{beat['pid']}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        info = proc_stat(beat["pid"])
+    except OSError:  # unreadable (another user's, under hidepid): as good as gone, as before
+        info = None
+    if info is None:
         return " and has exited"
-    return " (it is stopped: SIGSTOP or a debugger)" if state in "tT" else ""
+    return " (it is stopped: SIGSTOP or a debugger)" if info[0] in "tT" else ""
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -39,80 +38,43 @@ import sys
 import time
 from pathlib import Path
 
+from ddpbench.supervise import (
+    NotAnAncestorError,
+    WatchedProcess,
+    become_subreaper,
+    dies_with_this_process,
+    exit_code,
+    handle_signals,
+    kill_descendants,
+    wait_unreaped,
+)
+
 # One path for every workflow and user of the host: /tmp is where all of them can meet.
 DEFAULT_TIMING_LOCK = "/tmp/ddpbench-timing.lock"
 POLL_S = 0.5  # how often the watched process is checked while the command runs
 LOCK_POLL_S = 0.1  # how often a queued launch retries the lock
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 def log(message: str) -> None:
     print(f"ddpbench.launch: {message}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- /proc
+# --------------------------------------------------------------------------- the watched process
 
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks) of a process, None if there is none."""
+def watch(pid: int | None) -> WatchedProcess | None:
+    """The process whose death ends the launch (``--watch-pid``); a pid that is not an ancestor is
+    refused before anything starts: its Snakemake has ended, or the pid has been reused."""
+    if pid is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the name before ")" may hold spaces and parentheses
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def ancestors() -> list[int]:
-    """This process's parent, its parent's parent, ... up to (not including) pid 0."""
-    chain, pid = [], os.getppid()
-    while pid > 0 and pid not in chain:
-        chain.append(pid)
-        info = proc_stat(pid)
-        pid = info[1] if info else 0
-    return chain
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root``, parents before their children."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (info := proc_stat(int(entry))) is not None:
-            children.setdefault(info[1], []).append(int(entry))
-    found, queue = [], list(children.get(root, []))
-    while queue:
-        pid = queue.pop(0)
-        found.append(pid)
-        queue.extend(children.get(pid, []))
-    return found
-
-
-class WatchedProcess:
-    """A process identified by pid and start time: a later process given the same pid is not it.
-
-    The launcher's parent (the job's shell) is watched too: if it is killed while Snakemake lives
-    on, Snakemake counts the job as failed, and the launch must not go on to write its output."""
-
-    def __init__(self, pid: int):
-        self.parent = os.getppid()
-        if pid not in ancestors():
-            raise SystemExit(
-                f"ddpbench.launch: --watch-pid {pid} is not an ancestor of this launcher (its Snakemake has "
-                "ended already, or the pid is wrong): pass the pid of the Snakemake process that runs the job"
-            )
-        self.pid = pid
-        self.start_ticks = proc_stat(pid)[2]
-
-    def gone(self) -> str | None:
-        """Why the launch has lost the process that started it, or None while it has not."""
-        info = proc_stat(self.pid)
-        if info is None or info[0] in "ZX" or info[2] != self.start_ticks:
-            return f"the watched process {self.pid} (Snakemake) has ended"
-        if os.getppid() != self.parent:
-            return f"the launcher's parent {self.parent} (the job's shell) has ended"
-        return None
+        return WatchedProcess(pid)
+    except NotAnAncestorError:
+        raise SystemExit(
+            f"ddpbench.launch: --watch-pid {pid} is not an ancestor of this launcher (its Snakemake has "
+            "ended already, or the pid is wrong): pass the pid of the Snakemake process that runs the job"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the timing lock
@@ -216,8 +178,7 @@ class Launch:
         self.signals: list[int] = []
         self.forwarded = False  # whether the command has been asked to end
         self.kill_deadline: float | None = None
-        for sig in FORWARDED:
-            signal.signal(sig, self._on_signal)
+        handle_signals(FORWARDED, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)
@@ -238,29 +199,20 @@ class Launch:
 
     def stop_code(self, returncode: int | None, reason: str | None) -> int:
         """The exit code: the command's, or 128 + the signal that ended it (or that ended us)."""
-        if returncode is not None and returncode < 0:
-            return 128 - returncode
         if returncode:
-            return returncode
+            return exit_code(returncode)
         if reason is None:
             return 0 if returncode == 0 else 1
         return 128 + (self.signals[0] if self.signals else signal.SIGTERM)
 
     def start(self, command: list[str], env: dict[str, str]) -> None:
-        parent = os.getpid()
-
-        def die_with_launcher() -> None:  # runs in the child between fork and exec
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:
-                os._exit(128 + signal.SIGTERM)
-
         # Its own process group: a terminal's Ctrl-C reaches the command once, through us.
-        self.child = subprocess.Popen(command, env=env, process_group=0, preexec_fn=die_with_launcher)  # noqa: PLW1509 (no other threads)
+        self.child = subprocess.Popen(command, env=env, process_group=0, preexec_fn=dies_with_this_process())  # noqa: PLW1509 (no other threads)
 
     def supervise(self) -> int:
         """Wait for the command, ending it if asked to or if the watched process dies."""
         reason = None
-        while not self._exited(POLL_S if reason is None else 0.1):
+        while wait_unreaped(self.child.pid, POLL_S if reason is None else 0.1) is None:
             now = time.monotonic()
             if reason is None and (reason := self.reason_to_stop()) is not None:
                 log(f"{reason}: ending the launch")
@@ -270,49 +222,15 @@ class Launch:
             if reason is not None and (len(self.signals) > 1 or now >= self.kill_deadline):
                 log("the launch did not end in time: killing it")
                 break
-        code = self.stop_code(self._returncode(), reason)
+        code = self.stop_code(wait_unreaped(self.child.pid, 0), reason)
         self.end_every_descendant()
         return code
-
-    def _exited(self, timeout: float) -> bool:
-        """Whether the command has exited, leaving it unreaped (its pid cannot be reused meanwhile)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            info = os.waitid(os.P_PID, self.child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if info is not None or time.monotonic() >= deadline:
-                return info is not None
-            time.sleep(0.05)
-
-    def _returncode(self) -> int | None:
-        info = os.waitid(os.P_PID, self.child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if info is None:
-            return None
-        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def end_every_descendant(self) -> None:
         """SIGKILL whatever the launch left (orphaned ranks are ours: we are a subreaper) and reap it."""
         self.forwarded = True  # the command's pid is about to be reaped: a late signal must not reach its reuser
-        deadline = time.monotonic() + max(self.grace_s, 5.0)
-        while pids := descendants(os.getpid()):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _reap_children()
-            if time.monotonic() > deadline:
-                log(f"processes {pids} did not end after SIGKILL (uninterruptible sleep?)")
-                return
-            time.sleep(0.05)
-        _reap_children()
-
-
-def _reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+        if left := kill_descendants(max(self.grace_s, 5.0)):
+            log(f"processes {left} did not end after SIGKILL (uninterruptible sleep?)")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -348,9 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Ranks that torchrun leaves behind are reparented to us, not to init: we can end and reap them.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
-    watched = WatchedProcess(args.watch_pid) if args.watch_pid is not None else None
-    launch = Launch(watched, args.grace_s)
+    become_subreaper()
+    launch = Launch(watch(args.watch_pid), args.grace_s)
     env = dict(os.environ)
     if args.timing_lock is not None and (waited := acquire_timing_lock(args.timing_lock, launch)) is not None:
         env.update(DDPBENCH_TIMING_LOCK=str(args.timing_lock.absolute()), DDPBENCH_TIMING_LOCK_WAIT_S=f"{waited:.3f}")

@@ -21,15 +21,15 @@ A training run across such a network (what the workflow's ``train.emulate_networ
 
 starts one torchrun agent with one rank in each namespace, each on its own CPUs where there are
 enough, hands the ranks the link as JSON (DDPBENCH_EMULATED_LINK, recorded in the run) and ends
-the agents, which also die with it if it is killed, and the network whatever happens.
+the agents, which also die with it if it is killed, and the network whatever happens. The agents
+themselves (argv, CPUs, environment, start and wait) are ddpbench.netem_agents'; the process
+supervision both use (parent-death signals, grace-then-kill, signal handlers) is ddpbench.supervise's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
 import os
 import re
 import shutil
@@ -41,7 +41,15 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 
-from ddpbench.cpus import job_cpus
+from ddpbench import netem_agents as agents
+from ddpbench.supervise import (
+    end_processes,
+    exit_on_signals,
+    handle_signals,
+    pid_exists,
+    restore_signals,
+    signal_all,
+)
 
 DEFAULT_PREFIX = "ddpbn"
 DEFAULT_SUBNET = "10.231.8"
@@ -139,23 +147,13 @@ def delete_namespace(name: str) -> None:
     """End the processes still inside ``name`` (started there by its owner), then delete it:
     its interfaces, and with them their veth peers, go with it."""
     pids = _run("ip", "netns", "pids", name, check=False).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
+    signal_all(map(int, pids), signal.SIGKILL)
     _run("ip", "netns", "delete", name, check=False)
 
 
 def _owner_alive(name: str, prefix: str) -> bool:
     match = re.fullmatch(rf"{re.escape(prefix)}-(\d+)-\w+", name)
-    if match is None:
-        return False
-    try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return match is not None and pid_exists(int(match.group(1)))
 
 
 def cleanup_stale(prefix: str = DEFAULT_PREFIX, include_live: bool = False) -> list[str]:
@@ -169,8 +167,10 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX, include_live: bool = False) -> l
     return stale
 
 
-class EmulatedNetwork:
-    """``size`` namespaces joined by links shaped to ``bandwidth_gbit`` (and ``latency_us``) each way.
+class Links:
+    """The namespaces of an emulated network and the links between them, shaped to ``bandwidth_gbit``
+    (and ``latency_us``) each way: their names and addresses, fixed before anything exists, their
+    creation and their removal.
 
     Namespace i is ``namespaces[i]`` with address ``addresses[i]`` on interface ``ifname``."""
 
@@ -193,24 +193,13 @@ class EmulatedNetwork:
         self.hub = f"{owner}-hub" if size > 2 else None
         self.addresses = [f"{subnet}.{i + 1}" for i in range(size)]
         self.ifname = IFNAME
-        self._procs: list[subprocess.Popen] = []
-        self._previous_handlers: dict[int, object] = {}
 
-    def __enter__(self) -> EmulatedNetwork:
-        require_emulation(self.bandwidth_gbit, self.latency_us)
-        self._catch_signals()
-        try:
-            self._create()
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def all_namespaces(self) -> list[str]:
+        """The "hosts'" namespaces and, for more than two, the hub's."""
+        return [*self.namespaces, *([self.hub] if self.hub else [])]
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _create(self) -> None:
-        for ns in [*self.namespaces, *([self.hub] if self.hub else [])]:
+    def create(self) -> None:
+        for ns in self.all_namespaces():
             _run("ip", "netns", "add", ns)
             _run("ip", "-n", ns, "link", "set", "lo", "up")
         if self.hub is None:  # two: one veth pair, created directly inside the namespaces
@@ -240,6 +229,49 @@ class EmulatedNetwork:
             if time.monotonic() > deadline:
                 raise EmulationError(f"the emulated links did not come up within {timeout_s} s: {states}")
             time.sleep(0.05)
+
+    def remove(self) -> None:
+        """Remove every namespace of this network that exists (and so every link)."""
+        present = set(namespaces(self.prefix))
+        for ns in self.all_namespaces():
+            if ns in present:
+                delete_namespace(ns)
+
+    def describe(self) -> dict:
+        """What a run records about the link it crossed."""
+        return {
+            "namespaces": self.size,
+            "bandwidth_gbit": self.bandwidth_gbit,
+            "latency_us": self.latency_us,
+            "topology": "bridge" if self.hub else "veth pair",
+            "shaping": "tbf" + (" + netem" if self.latency_us else ""),
+            "ifname": self.ifname,
+            "addresses": list(self.addresses),
+        }
+
+
+class EmulatedNetwork(Links):
+    """The links of ``Links`` (same arguments) for the length of a ``with`` block, and the processes
+    run in their namespaces: on leaving the block (on an error too, and on SIGTERM or SIGHUP, which
+    raise SystemExit meanwhile), the processes started here end and then the namespaces go."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._procs: list[subprocess.Popen] = []
+        self._previous_handlers: dict[int, object] = {}
+
+    def __enter__(self) -> EmulatedNetwork:
+        require_emulation(self.bandwidth_gbit, self.latency_us)
+        self._catch_signals()
+        try:
+            self.create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def exec_prefix(self, index: int, **env: str) -> list[str]:
         """Argv prefix that runs a command in namespace ``index``, with ``env`` added to its environment."""
@@ -290,179 +322,23 @@ class EmulatedNetwork:
             *args,
         ]
 
-    def describe(self) -> dict:
-        """What a run records about the link it crossed."""
-        return {
-            "namespaces": self.size,
-            "bandwidth_gbit": self.bandwidth_gbit,
-            "latency_us": self.latency_us,
-            "topology": "bridge" if self.hub else "veth pair",
-            "shaping": "tbf" + (" + netem" if self.latency_us else ""),
-            "ifname": self.ifname,
-            "addresses": list(self.addresses),
-        }
-
     def close(self) -> None:
         """End the processes started here, then remove every namespace (and so every link) of this network."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        end_processes(self._procs, grace_s=5.0)
         self._procs = []
-        present = set(namespaces(self.prefix))
-        for ns in [*self.namespaces, *([self.hub] if self.hub else [])]:
-            if ns in present:
-                delete_namespace(ns)
-        self._restore_signals()
+        self.remove()
+        restore_signals(self._previous_handlers)
+        self._previous_handlers = {}
 
     def _catch_signals(self) -> None:
         """Turn SIGTERM and SIGHUP into SystemExit (SIGINT already raises), so the block's exit runs."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def leave(signum, frame):
-            raise SystemExit(128 + signum)
-
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            self._previous_handlers[sig] = signal.signal(sig, leave)
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handlers = exit_on_signals((signal.SIGTERM, signal.SIGHUP))
 
 
 # --------------------------------------------------------------------------- launch: one torchrun agent per namespace
 
-AGENT_GRACE_S = 5.0  # SIGTERM to SIGKILL; ddpbench.launch kills everything 10 s after its own SIGTERM
-PR_SET_PDEATHSIG = 1
-
-
-def log(message: str) -> None:
-    print(f"ddpbench.netem: {message}", file=sys.stderr, flush=True)
-
-
-def agent_cpus(nodes: int) -> list[list[int]] | None:
-    """The CPUs of each agent (a block per namespace, in the launcher's affinity order), or None: leave
-    the ranks unpinned. Pins as ddpbench.distributed.pin_to_cores decides: not with DDPBENCH_PIN=0, nor
-    when this launch was granted fewer CPUs than it sees (DDPBENCH_JOB_CPUS; another job may share
-    them) unless DDPBENCH_PIN=1, nor with more ranks than granted CPUs."""
-    cpus = sorted(os.sched_getaffinity(0))
-    granted = job_cpus(len(cpus))
-    setting = os.environ.get("DDPBENCH_PIN", "")
-    per_agent = granted // nodes
-    if per_agent < 1 or setting == "0" or (setting != "1" and granted < len(cpus)):
-        return None
-    return [cpus[i * per_agent : (i + 1) * per_agent] for i in range(nodes)]
-
-
-def agent_env(link: dict, cpus_per_agent: int | None, nodes: int) -> dict[str, str]:
-    """The agents' environment: the link to record, and the CPUs that threads_per_worker: auto divides
-    (each agent is a node of one rank, so the engine must not count the whole machine as its own)."""
-    env = {**os.environ, "DDPBENCH_EMULATED_LINK": json.dumps(link)}
-    if cpus_per_agent is not None:
-        env["DDPBENCH_JOB_CPUS"] = str(cpus_per_agent)
-    else:  # every rank is local rank 0: pinning would put them all on the first core
-        env.update(DDPBENCH_JOB_CPUS=str(max(1, job_cpus(len(os.sched_getaffinity(0))) // nodes)), DDPBENCH_PIN="0")
-    return env
-
-
-def _agent_preexec(cpus: list[int] | None):
-    """Runs in each agent between fork and exec: it gets SIGTERM when the launcher dies, however it dies
-    (the namespaces outlive a SIGKILL; the agents must not), and its CPUs."""
-    parent = os.getpid()
-
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the launcher died before prctl took effect
-            os._exit(128 + signal.SIGTERM)
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-
-    return preexec
-
-
-def agent_argvs(net: EmulatedNetwork | None, args: Sequence[str]) -> list[list[str]]:
-    """One torchrun agent per namespace; a single rank (no network) runs a standalone torchrun."""
-    if net is None:
-        return [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", *args]]
-    run_id = f"netem-{os.getpid()}"
-    return [[*net.exec_prefix(i), *net.torchrun(i, args, run_id)] for i in range(net.size)]
-
-
-def _relay(stream, sink, prefix: bytes, lock: threading.Lock) -> None:
-    """Copy an agent's output line by line to the launcher's, each line prefixed with its node. Reads to
-    the end even where the launcher's output has gone, so that no agent blocks on a full pipe."""
-    for line in iter(stream.readline, b""):
-        with lock, contextlib.suppress(OSError, ValueError):
-            sink.write(prefix + line)
-            sink.flush()
-    stream.close()
-
-
-def start_agents(
-    argvs: list[list[str]], cpus: list[list[int]] | None, env: dict[str, str], procs: list[subprocess.Popen]
-) -> None:
-    """Start every agent, each added to ``procs`` at once (for the clean-up, should a signal come), then
-    relay their output: the threads only after the forks, as preexec_fn and threads do not mix."""
-    for i, argv in enumerate(argvs):
-        preexec = _agent_preexec(cpus[i] if cpus else None)
-        procs.append(
-            subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
-        )
-    lock = threading.Lock()
-    for i, proc in enumerate(procs):
-        prefix = f"[node {i}] ".encode() if len(procs) > 1 else b""
-        for stream, sink in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
-            threading.Thread(target=_relay, args=(stream, sink, prefix, lock), daemon=True).start()
-
-
-def exit_code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def wait_for_agents(procs: list[subprocess.Popen]) -> int:
-    """Wait for every agent; the first non-zero exit ends the others and is the launch's exit code."""
-    while running := [p for p in procs if p.poll() is None]:
-        failed = [p for p in procs if p.returncode]
-        if failed:
-            code = exit_code(failed[0].returncode)
-            log(f"node {procs.index(failed[0])} exited with {code}: ending the other {len(running)}")
-            end_agents(procs)
-            return code
-        time.sleep(0.1)
-    return next((exit_code(p.returncode) for p in procs if p.returncode), 0)
-
-
-def end_agents(procs: list[subprocess.Popen], grace_s: float = AGENT_GRACE_S) -> None:
-    """SIGTERM every agent still running (torchrun then ends its rank), SIGKILL those left after ``grace_s``."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def single_rank_link(bandwidth_gbit: float, latency_us: float) -> dict:
-    """What a run of one rank records: the link it was configured with, though nothing crosses it."""
-    return {
-        "namespaces": 0,
-        "bandwidth_gbit": bandwidth_gbit,
-        "latency_us": latency_us,
-        "topology": "none",
-        "shaping": "none",
-        "ifname": None,
-        "addresses": [],
-    }
+LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def launch(
@@ -474,55 +350,28 @@ def launch(
     check_prefix(prefix)
     require_emulation(bandwidth_gbit, latency_us)
     for name in cleanup_stale(prefix):
-        log(f"removed network namespace {name}, left by a launch that was killed")
-    cpus = agent_cpus(nodes)
+        agents.log(f"removed network namespace {name}, left by a launch that was killed")
+    cpus = agents.agent_cpus(nodes)
     received: list[int] = []
-    previous = _leave_on_signals(received)
+    previous = exit_on_signals(LEAVING_SIGNALS, received)
     procs: list[subprocess.Popen] = []
     try:
         with contextlib.ExitStack() as stack:
             net = stack.enter_context(EmulatedNetwork(nodes, bandwidth_gbit, latency_us, prefix)) if nodes > 1 else None
-            _leave_on_signals(received)  # in place of the network's own handlers, which it restores on closing
-            link = net.describe() if net else single_rank_link(bandwidth_gbit, latency_us)
-            log(describe_launch(link, cpus))
+            exit_on_signals(LEAVING_SIGNALS, received)  # in place of the network's own, which it restores on closing
+            link = net.describe() if net else agents.single_rank_link(bandwidth_gbit, latency_us)
+            agents.log(agents.describe_launch(link, cpus))
             try:
-                env = agent_env(link, len(cpus[0]) if cpus else None, nodes)
-                start_agents(agent_argvs(net, args), cpus, env, procs)
-                return wait_for_agents(procs)
+                env = agents.agent_env(link, len(cpus[0]) if cpus else None, nodes)
+                agents.start_agents(agents.agent_argvs(net, args), cpus, env, procs)
+                return agents.wait_for_agents(procs)
             finally:
-                for sig in LEAVING_SIGNALS:  # a second signal must not cut the clean-up short
-                    signal.signal(sig, signal.SIG_IGN)
+                handle_signals(LEAVING_SIGNALS, signal.SIG_IGN)  # a second signal must not cut the clean-up short
                 if received:
-                    log(f"got {signal.Signals(received[0]).name}: ending the agents and removing the network")
-                end_agents(procs)
+                    agents.log(f"got {signal.Signals(received[0]).name}: ending the agents and removing the network")
+                end_processes(procs, agents.AGENT_GRACE_S)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _leave_on_signals(received: list[int]) -> dict:
-    """Turn SIGINT, SIGTERM and SIGHUP into SystemExit(128 + signal), noted in ``received``; the previous handlers."""
-
-    def leave(signum, frame):
-        received.append(signum)
-        raise SystemExit(128 + signum)
-
-    return {sig: signal.signal(sig, leave) for sig in LEAVING_SIGNALS}
-
-
-def describe_launch(link: dict, cpus: list[list[int]] | None) -> str:
-    latency = f", {link['latency_us']:g} us each way" if link["latency_us"] else ""
-    where = (
-        f"{link['namespaces']} namespaces joined by a {link['topology']}" if link["namespaces"] else "one rank, no link"
-    )
-    if cpus:
-        pinning = "pinned: " + ", ".join(f"node {i} on CPU {','.join(map(str, c))}" for i, c in enumerate(cpus))
-    else:
-        pinning = "ranks not pinned (more ranks than granted CPUs, DDPBENCH_PIN=0, or CPUs shared with other jobs)"
-    return f"{where} at {link['bandwidth_gbit']:g} Gbit/s{latency}; {pinning}"
+        restore_signals(previous)
 
 
 @contextlib.contextmanager
