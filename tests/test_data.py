@@ -15,9 +15,10 @@ import torch
 from conftest import REPO, child_env
 from py2pickle import dumps as py2_style_pickle
 
-from ddpbench.archive import CIFAR10_CLASSES, convert_cifar10, parse_batch, read_members
-from ddpbench.batches import CIFAR10_MEAN, CIFAR10_STD, BatchPipeline, Shard, eval_indices
+from ddpbench.archive import convert_cifar10, parse_batch, read_members
+from ddpbench.batches import BatchPipeline, Shard, eval_indices
 from ddpbench.cache import load_split, make_synthetic, read_meta
+from ddpbench.cifar10 import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ddpbench.fetch import DataError, download, md5sum, verify_archive
 
 # ----------------------------------------------------------------- official-format archives

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from ddpbench.options import RunOptions
-from ddpbench.train import EpochMeasure, Plan, epoch_record, learning_rate, plan_run, run_totals
+from ddpbench.records import EpochMeasure, epoch_record, run_totals
+from ddpbench.train import Plan, learning_rate, plan_run
 
 
 def options(**overrides) -> RunOptions:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpbench.cache import write_cache
+from ddpbench.cifar10 import CIFAR10_CLASSES, CIFAR10_COUNTS, SPLITS
 from ddpbench.fetch import DataError, md5sum
-
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
-SPLITS = ("train", "test")
 
 _MEMBER_DIR = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"{_MEMBER_DIR}/data_batch_{i}" for i in range(1, 6))
@@ -121,8 +119,6 @@ def parse_batch(payload: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def convert_cifar10(archive: Path, out_dir: Path, md5: str | None, expected: dict[str, int] | None = None) -> None:
     """Read the official archive and write the dataset cache to ``out_dir``."""
-    from ddpbench.cache import write_cache  # the cache module imports this one's class names
-
     expected = expected or CIFAR10_COUNTS
     members = read_members(archive, (*_TRAIN_BATCHES, _TEST_BATCH, _META_MEMBER))
     meta = load_pickle(members[_META_MEMBER], _META_MEMBER)

@@ -1,20 +1,24 @@
 """Training-time loading: each rank's share of the samples per epoch, and batches gathered from
 the memory-mapped uint8 tensor and normalised on the device as whole batches (or, for
-comparison, the study's per-sample path)."""
+comparison, the study's per-sample path); ``TrainBatches`` feeds the engine from either."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ddpbench.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from ddpbench.fetch import DataError
 
-# The study's Normalize() constants.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ddpbench.distributed import Dist
+    from ddpbench.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,61 @@ class PerSampleDataset(torch.utils.data.Dataset):
 
         image = Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0)))
         return self.transform(image), int(self.labels[i])
+
+
+class TrainBatches:
+    """Per-epoch iterator of (x, y) device batches for this rank, from either loader."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        d: Dist,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        channels_last: bool,
+    ):
+        if options.max_train_samples:
+            images, labels = images[: options.max_train_samples], labels[: options.max_train_samples]
+        self.batch, self.loader, self.device = batch_size, options.loader, d.device
+        self.channels_last = channels_last
+        self.shard = Shard(len(labels), d.world_size, d.rank, options.seed)
+        if self.shard.num_samples == 0:
+            raise ValueError(
+                f"{len(labels)} training samples cannot be split across {d.world_size} ranks; "
+                "raise max_train_samples or use a smaller world size"
+            )
+        self.steps = self.shard.steps(self.batch)
+        self.samples_per_epoch = self.shard.num_samples * d.world_size
+        if options.loader == "resident":
+            if d.device.type == "cuda":
+                images, labels = images.to(d.device), labels.to(d.device)
+            self.pipeline = BatchPipeline(
+                images,
+                labels,
+                d.device,
+                augment=options.augment,
+                channels_last=self.channels_last,
+                seed=options.seed * 1000 + d.rank,
+            )
+        else:
+            if options.augment != "none":
+                raise ValueError("augment is implemented for loader: resident only; set augment: none")
+            dataset = PerSampleDataset(images, labels)
+            self.sampler = torch.utils.data.DistributedSampler(
+                dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=options.seed, drop_last=True
+            )
+            self.dataloader = torch.utils.data.DataLoader(dataset, batch_size=self.batch, sampler=self.sampler)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader == "resident":
+            # One copy of the epoch's order to the device; per-batch copies would sync with it.
+            index = self.shard.indices(epoch).to(self.device)
+            for start in range(0, len(index), self.batch):
+                yield self.pipeline(index[start : start + self.batch])
+        else:
+            self.sampler.set_epoch(epoch)
+            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+            for x, y in self.dataloader:
+                yield x.to(self.device, memory_format=memory_format, non_blocking=True), y.to(self.device)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ddpbench.archive import CIFAR10_CLASSES, SPLITS
+from ddpbench.cifar10 import CIFAR10_CLASSES, SPLITS
 from ddpbench.fetch import DataError
 from ddpbench.io import atomic_write_bytes, atomic_write_json
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from ddpbench.distributed import gloo_on_loopback_within_one_node, pin_to_cores, select_device
 from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.metrics import cpu_model
+from ddpbench.step import sgd_step, step_model
 
 FLOAT32_BYTES = 4
 DEFAULT_SIZES = [8 * 4**k for k in range(12)] + [64 * 2**20]  # 8 B ... 32 MiB, then 64 MiB
@@ -118,10 +119,8 @@ def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    from ddpbench.models import build_model
-
     torch.manual_seed(0)
-    model = build_model(model_name).to(device)
+    model = step_model(model_name, device, channels_last=False)  # the memory format does not change the buckets
     ddp = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -151,6 +150,9 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
     their ratio (the slowdown) and the mean over together-steps of the slowest rank's time less the
     ranks' mean (the wait for the slowest)."""
     sync, rank, size = synchronizer(device), dist.get_rank(group), dist.get_world_size(group)
+    # The runs' step (ddpbench.step) in fp32 on one fixed batch: only the compute is timed, so no
+    # data loading, no learning-rate schedule, no statistics. Unlike the runs' optimizer this one has
+    # no weight decay and is not fused on CUDA: kept so that timings compare with earlier commbench files.
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,), device=device)
@@ -159,11 +161,8 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
         seconds = []
         for _ in range(count):
             start = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sync()
+            sgd_step(model, optimizer, images, labels)
+            sync()  # unlike the runs' steps, each is timed on its own: wait for the device first
             seconds.append(time.perf_counter() - start)
         return seconds
 
@@ -197,13 +196,6 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
         "slowdown": together_s / alone_s if alone_s else None,
         "rank_wait_s": wait,
     }
-
-
-def step_model(name: str, device: torch.device) -> torch.nn.Module:
-    """The model as the runs train it (channels_last), for timing its step."""
-    from ddpbench.models import build_model
-
-    return build_model(name).to(device).to(memory_format=torch.channels_last).train()
 
 
 def environment(backend: str, device: torch.device, world_size: int) -> dict:
@@ -308,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         buckets = list(args.buckets) + (ddp_bucket_bytes(args.model, device, args.bucket_cap_mb) if args.model else [])
-        model = step_model(args.model, device) if args.step_batch else None
+        # The model as the runs train it (channels_last, the runs' default), for timing its step.
+        model = step_model(args.model, device, channels_last=True).train() if args.step_batch else None
         for world_size, out in zip(args.world_sizes, args.out, strict=True):
             timings = time_world_size(args, world_size, buckets, device, model)
             if dist.get_rank() == 0:

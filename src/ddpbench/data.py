@@ -2,7 +2,8 @@
 
 The code lives in ddpbench.fetch (download, no torch), ddpbench.archive (reading the official
 archive), ddpbench.cache (the memory-mappable cache) and ddpbench.batches (training-time
-loading). Each command imports only what it needs, so ``download`` starts without torch or numpy.
+loading), the dataset's constants in ddpbench.cifar10. Each command imports only what it needs,
+so ``download`` starts without torch or numpy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ddpbench.fetch import CIFAR10_MD5, CIFAR10_URL, DataError
+from ddpbench.cifar10 import CIFAR10_MD5, CIFAR10_URL
+from ddpbench.fetch import DataError
 from ddpbench.io import DiskFullError
 
 

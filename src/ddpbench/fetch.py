@@ -16,8 +16,6 @@ from pathlib import Path
 
 from ddpbench.io import DiskFullError, atomic_open
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 OFFLINE_HINT = (
     "Without network, set data.archive to a local cifar-10-python.tar.gz (and data.md5 to its md5), "
     "or use data.source: synthetic."

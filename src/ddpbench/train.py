@@ -11,8 +11,6 @@ peer is detected by the collectives' timeout (``--timeout``). The options are
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import math
 import os
@@ -28,24 +26,25 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import batches as batches_mod
 from ddpbench import cache, heartbeat
-from ddpbench.archive import CIFAR10_CLASSES
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, SkipAllReduce, ddp_hook
 from ddpbench.distributed import Dist, die_with_launcher, init_distributed, retain_freed_memory
 from ddpbench.io import atomic_write_json, utc_now
-from ddpbench.metrics import (
-    StepClock,
-    environment,
-    gather_objects,
-    mapped_file_memory,
-    peak_rss_bytes,
-    process_start_time,
-    pss_bytes,
-)
-from ddpbench.models import build_model, count_parameters
+from ddpbench.metrics import StepClock, gather_objects, process_start_time
+from ddpbench.models import count_parameters
 from ddpbench.options import RunOptions, add_arguments, from_namespace
+from ddpbench.records import (
+    SCHEMA_VERSION,
+    EpochMeasure,
+    ddp_record,
+    environment_record,
+    epoch_record,
+    rank_facts,
+    run_totals,
+    start_up_totals,
+)
+from ddpbench.step import autocast, sgd_step, step_model, tally
 
 log = logging.getLogger("ddpbench.train")
-SCHEMA_VERSION = 2
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, int]:
@@ -158,58 +157,6 @@ def resolved_config(options: RunOptions, d: Dist, plan: Plan) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- batches
-
-
-class TrainBatches:
-    """Per-epoch iterator of (x, y) device batches for this rank, from either loader."""
-
-    def __init__(self, options: RunOptions, plan: Plan, d: Dist, images, labels):
-        if options.max_train_samples:
-            images, labels = images[: options.max_train_samples], labels[: options.max_train_samples]
-        self.batch, self.loader, self.device = plan.per_rank_batch_size, options.loader, d.device
-        self.channels_last = plan.channels_last
-        self.shard = batches_mod.Shard(len(labels), d.world_size, d.rank, options.seed)
-        if self.shard.num_samples == 0:
-            raise ValueError(
-                f"{len(labels)} training samples cannot be split across {d.world_size} ranks; "
-                "raise max_train_samples or use a smaller world size"
-            )
-        self.steps = self.shard.steps(self.batch)
-        self.samples_per_epoch = self.shard.num_samples * d.world_size
-        if options.loader == "resident":
-            if d.device.type == "cuda":
-                images, labels = images.to(d.device), labels.to(d.device)
-            self.pipeline = batches_mod.BatchPipeline(
-                images,
-                labels,
-                d.device,
-                augment=options.augment,
-                channels_last=self.channels_last,
-                seed=options.seed * 1000 + d.rank,
-            )
-        else:
-            if options.augment != "none":
-                raise ValueError("augment is implemented for loader: resident only; set augment: none")
-            dataset = batches_mod.PerSampleDataset(images, labels)
-            self.sampler = torch.utils.data.DistributedSampler(
-                dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=options.seed, drop_last=True
-            )
-            self.dataloader = torch.utils.data.DataLoader(dataset, batch_size=self.batch, sampler=self.sampler)
-
-    def epoch(self, epoch: int):
-        if self.loader == "resident":
-            # One copy of the epoch's order to the device; per-batch copies would sync with it.
-            index = self.shard.indices(epoch).to(self.device)
-            for start in range(0, len(index), self.batch):
-                yield self.pipeline(index[start : start + self.batch])
-        else:
-            self.sampler.set_epoch(epoch)
-            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-            for x, y in self.dataloader:
-                yield x.to(self.device, memory_format=memory_format, non_blocking=True), y.to(self.device)
-
-
 # --------------------------------------------------------------------------- set-up
 
 
@@ -224,16 +171,11 @@ class Session:
     model: torch.nn.Module
     ddp: DistributedDataParallel
     optimizer: torch.optim.Optimizer
-    batches: TrainBatches
+    batches: batches_mod.TrainBatches
     test_pipeline: batches_mod.BatchPipeline
     test_samples: int
     comm: SkipAllReduce | CommTimer | SharedMemoryAllReduce  # the gradient exchange: its times and bucket layout
     clock: StepClock
-
-    def autocast(self):
-        if self.options.precision == "bf16":
-            return torch.autocast(self.d.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
 
 def set_up(options: RunOptions, d: Dist) -> Session:
@@ -242,7 +184,9 @@ def set_up(options: RunOptions, d: Dist) -> Session:
     meta = cache.verify_cache(options.data) if d.local_rank == 0 else cache.read_meta(options.data)
     train_images, train_labels = cache.load_split(options.data, "train", meta)
     test_images, test_labels = cache.load_split(options.data, "test", meta)
-    batches = TrainBatches(options, plan, d, train_images, train_labels)
+    batches = batches_mod.TrainBatches(
+        options, d, train_images, train_labels, batch_size=plan.per_rank_batch_size, channels_last=plan.channels_last
+    )
     if d.device.type == "cuda":
         test_images, test_labels = test_images.to(d.device), test_labels.to(d.device)
     test_pipeline = batches_mod.BatchPipeline(test_images, test_labels, d.device, channels_last=plan.channels_last)
@@ -275,9 +219,7 @@ def set_up(options: RunOptions, d: Dist) -> Session:
 
 def build_ddp(options: RunOptions, d: Dist, plan: Plan) -> tuple[torch.nn.Module, DistributedDataParallel]:
     torch.manual_seed(options.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(options.model, num_classes=len(CIFAR10_CLASSES)).to(d.device)
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = step_model(options.model, d.device, plan.channels_last)
     torch.manual_seed(options.seed * 1000 + 1 + d.rank)  # per-rank dropout masks
     # No buffer broadcast before every forward: BatchNorm's running statistics do not affect
     # training-mode passes, and rank 0's are broadcast before every evaluation instead; this
@@ -329,22 +271,6 @@ def install_allreduce(ddp: DistributedDataParallel, options: RunOptions, planned
 # --------------------------------------------------------------------------- one epoch
 
 
-@dataclass(frozen=True)
-class EpochMeasure:
-    """One epoch's training phase on this rank: sums over all ranks' samples, seconds on its clock."""
-
-    loss_sum: float
-    correct: float
-    count: float
-    steps: int
-    lr: float
-    train_s: float
-    data_s: float
-    step_s: float
-    comm_busy_s: float | None
-    comm_exposed_s: float | None
-
-
 def train_epoch(s: Session, epoch: int) -> EpochMeasure:
     """The timed loop: record, step, record; the device is synchronised before the clock is read."""
     s.ddp.train()
@@ -357,7 +283,8 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
         x, y = next(iterator)
         t1 = s.clock.mark()
         lr = learning_rate(s.plan, s.options.warmup_epochs, first_step + i, s.batches.steps)
-        train_step(s, x, y, lr, stats)
+        loss, out = sgd_step(s.ddp, s.optimizer, x, y, lr=lr, precision=s.options.precision)
+        tally(stats, loss.detach() * len(y), out, y)  # on the device: no sync inside the timed loop
         t2 = s.clock.mark()
         marks.append((t0, t1, t2))
         t0 = t2
@@ -380,20 +307,6 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
     )
 
 
-def train_step(s: Session, x: torch.Tensor, y: torch.Tensor, lr: float, stats: torch.Tensor) -> None:
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
-    with s.autocast():
-        out = s.ddp(x)
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-    s.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    s.optimizer.step()
-    stats[0] += loss.detach() * len(y)
-    stats[1] += (out.argmax(1) == y).sum()
-    stats[2] += len(y)
-
-
 @torch.no_grad()
 def evaluate(s: Session) -> tuple[float, float]:
     """Loss and accuracy (%) of rank 0's model on the whole test set, each sample counted exactly once."""
@@ -405,44 +318,14 @@ def evaluate(s: Session) -> tuple[float, float]:
     batch = s.options.eval_batch_size
     for start in range(0, len(index), batch):
         x, y = s.test_pipeline(index[start : start + batch], train=False)
-        with s.autocast():
+        with autocast(s.options.precision, s.d.device.type):
             out = s.ddp.module(x)
-        totals[0] += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum")
-        totals[1] += (out.argmax(1) == y).sum()
-        totals[2] += len(y)
+        tally(totals, torch.nn.functional.cross_entropy(out.float(), y, reduction="sum"), out, y)
     dist.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
     if int(count) != s.test_samples:
         raise RuntimeError(f"evaluated {int(count)} test samples, expected {s.test_samples}")
     return loss_sum / count, 100.0 * correct / count
-
-
-def epoch_record(
-    epoch: int, m: EpochMeasure, test: tuple[float, float], eval_s: float, elapsed_s: float, train_time_max_s: float
-) -> dict:
-    """The run JSON's record of one epoch (pure)."""
-    test_loss, test_acc = test
-    return {
-        "epoch": epoch,
-        "train_loss": m.loss_sum / m.count,
-        "train_acc": 100.0 * m.correct / m.count,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "lr": m.lr,
-        "steps": m.steps,
-        "images": int(m.count),
-        "train_time_s": m.train_s,
-        "eval_time_s": eval_s,
-        "data_time_s": m.data_s,
-        "step_time_s": m.step_s,
-        "compute_time_s": m.step_s - m.comm_exposed_s if m.comm_exposed_s is not None else None,
-        "comm_time_s": m.comm_busy_s,
-        "comm_exposed_time_s": m.comm_exposed_s,
-        "throughput_img_s": m.count / m.train_s,
-        "elapsed_s": elapsed_s,
-        # Rank 0's clock speaks for the run; the slowest rank's train time is recorded too.
-        "train_time_max_s": train_time_max_s,
-    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -478,91 +361,13 @@ def run_epochs(s: Session) -> tuple[list[dict], float, float | None]:
     return epochs, time.perf_counter() - loop_start, time_to_target
 
 
-def run_totals(epochs: list[dict], loop_s: float, time_to_target: float | None) -> dict:
-    """The run's totals from its epoch records (pure): a sum is None where any epoch's value is."""
-
-    def total(key):
-        values = [e[key] for e in epochs]
-        return None if any(v is None for v in values) else sum(values)
-
-    train_time = total("train_time_s")
-    images = sum(e["images"] for e in epochs)
-    return {
-        "train_loop_s": loop_s,
-        **{
-            key: total(key)
-            for key in (
-                "train_time_s",
-                "eval_time_s",
-                "data_time_s",
-                "step_time_s",
-                "compute_time_s",
-                "comm_time_s",
-                "comm_exposed_time_s",
-            )
-        },
-        "images": images,
-        "throughput_img_s": images / train_time if train_time else None,
-        "final_test_acc": epochs[-1]["test_acc"],
-        "final_test_loss": epochs[-1]["test_loss"],
-        "best_test_acc": max(e["test_acc"] for e in epochs),
-        "time_to_target_s": time_to_target,
-    }
-
-
-def rank_facts(d: Dist, t_process: float, first_step_time: float) -> dict:
-    """What each rank reports about itself at the end (gathered to rank 0)."""
-    return {
-        "rank": d.rank,
-        "hostname": os.uname().nodename,
-        "pid": os.getpid(),
-        "cpu_affinity": d.cpu_affinity,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "pss_bytes": pss_bytes(),
-        "dataset_memory": mapped_file_memory("_images.npy"),
-        "peak_gpu_mem_bytes": torch.cuda.max_memory_allocated(d.device) if d.device.type == "cuda" else None,
-        "process_start_to_first_step_s": first_step_time - t_process,
-    }
-
-
-def start_up_totals(per_rank: list[dict], t_process: float, first_step_time: float) -> dict:
-    launch = os.environ.get("DDPBENCH_LAUNCH_TIME")
-    return {
-        "process_start_to_first_step_s": per_rank[0]["process_start_to_first_step_s"],
-        "launch_to_first_step_s": first_step_time - float(launch) if launch else None,
-        "process_start_to_end_s": time.time() - t_process,
-        "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in per_rank),
-        "peak_rss_bytes_total": sum(r["peak_rss_bytes"] for r in per_rank),
-    }
-
-
-def ddp_record(s: Session) -> dict:
-    """The buckets DDP built and the bytes each rank hands to the all-reduce per step (rank 0's)."""
-    layout = s.comm.layout.record()
-    payload, w = layout["allreduce_payload_bytes_per_step"], s.d.world_size
-    ring = payload * 2 * (w - 1) / w if payload is not None and s.plan.allreduce == "backend" else None
-    return {**layout, "ring_bytes_sent_per_rank_per_step": ring}
-
-
-def timing_lock() -> dict | None:
-    """The host-wide lock this launch queued on (ddpbench.launch), and how long it waited."""
-    path = os.environ.get("DDPBENCH_TIMING_LOCK")
-    return {"path": path, "wait_s": float(os.environ.get("DDPBENCH_TIMING_LOCK_WAIT_S", 0))} if path else None
-
-
 def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -> dict:
     started_utc = utc_now()
     s = set_up(options, d)
     first_step_time = time.time()
     epochs, loop_s, time_to_target = run_epochs(s)
     per_rank = gather_objects(rank_facts(d, t_process, first_step_time))
-    env = environment(d.device, d.backend, d.threads, d.cores_available)
-    env.update(
-        hostnames=sorted({r["hostname"] for r in per_rank}),
-        heap_retained=heap_retained,
-        timing_lock=timing_lock(),
-        emulated_link=json.loads(os.environ.get("DDPBENCH_EMULATED_LINK", "null")),  # set by ddpbench.netem launch
-    )
+    env = environment_record(d, per_rank, heap_retained)
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "ok",
@@ -574,7 +379,7 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
             **run_totals(epochs, loop_s, time_to_target),
             **start_up_totals(per_rank, t_process, first_step_time),
         },
-        "ddp": ddp_record(s),
+        "ddp": ddp_record(s.comm.layout.record(), d.world_size, s.plan.allreduce),
         "ranks": per_rank,
         "environment": env,
         "timestamps": {"started_utc": started_utc, "finished_utc": utc_now()},
