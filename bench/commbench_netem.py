@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ddpbench import netem, predict
+from ddpbench import netem
+from ddpbench.allreduce import fit_collective
 from ddpbench.commbench import parse_bytes_list
+from ddpbench.commtimes import comm_points
 
 QUICK_SIZES = "8,512,32768,262144,1048576,4194304,16777216"
 
@@ -57,7 +59,7 @@ def commbench_across(net: netem.EmulatedNetwork, out: Path, sizes: str, reps: in
 
 
 def summarise(result: dict, bandwidth_gbit: float) -> dict:
-    fit = predict.fit_collective(*predict.comm_points([result]))
+    fit = fit_collective(*comm_points([result]))
     return {
         "world_size": result["world_size"],
         "shaped_gbit": bandwidth_gbit,

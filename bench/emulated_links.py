@@ -16,7 +16,7 @@ communication), pooled over the epochs as the workflow's prediction pools them.
 3. Each emulated W = 2 step is predicted three ways, and compared with the measured one:
    - ``named``: what the report predicts for a network named with that bandwidth
      (``predict.networks``): the loopback runs' profile (W = 2 the reference) and the loopback
-     all-reduce fit with its bandwidth capped at the link's (``predict.network_fit``, no latency);
+     all-reduce fit with its bandwidth capped at the link's (``allreduce.network_fit``, no latency);
    - ``from_w1``: the same from the W = 1 run alone: the whole model, compute carried over too;
    - ``link_fit``: the loopback profile with the all-reduce fitted to commbench across the link.
    The loopback W = 2 run predicted from W = 1 with the loopback fit is the ``loopback`` case;
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from commbench_netem import QUICK_SIZES, commbench_across
 
-from ddpbench import netem, predict
+from ddpbench import allreduce, commtimes, netem, scaling
 from ddpbench.metrics import cpu_model
 from ddpbench.options import command_line
 
@@ -93,18 +93,18 @@ def link_comm(bandwidth: float, out: Path, args: argparse.Namespace) -> dict:
 def predicted_step(
     runs: list[dict],
     buckets: list[float],
-    loopback: predict.CollectiveFit,
-    collective: predict.CollectiveFit,
-    colocation: predict.Colocation,
+    loopback: allreduce.CollectiveFit,
+    collective: allreduce.CollectiveFit,
+    colocation: scaling.Colocation,
 ) -> float:
     """The step the model predicts at W = 2 over ``collective`` from ``runs`` (loopback, of one or two
     world sizes, whose all-reduce the ``loopback`` fit describes), as ``predict.predict_from_runs`` does."""
-    profile = predict.profile_from(predict.measure(runs), buckets, loopback, colocation)
-    return predict.predict_step(profile, 2, buckets, collective, "per_worker", BATCH)["step_time_s"]
+    profile = scaling.profile_from(scaling.measure(runs), buckets, loopback, colocation)
+    return scaling.predict_step(profile, 2, buckets, collective, "per_worker", BATCH)["step_time_s"]
 
 
 def measured_step(run: dict) -> float:
-    return predict.measure([run])[run["config"]["world_size"]].period_s
+    return scaling.measure([run])[run["config"]["world_size"]].period_s
 
 
 def case(name: str, link: str, measured: list[float], predicted: float) -> dict:
@@ -143,9 +143,12 @@ def main() -> None:
         for bw in links:
             links[bw].append(emulated_run(bw, work / f"link{bw:g}_seed{seed}.json", args, seed))
     lo_comm = loopback_comm(work / "comm_lo.json", args)
-    lo_fit, together = predict.fit_collective(*predict.comm_points([lo_comm])), predict.Colocation.from_comm([lo_comm])
+    lo_fit, together = (
+        allreduce.fit_collective(*commtimes.comm_points([lo_comm])),
+        scaling.Colocation.from_comm([lo_comm]),
+    )
     both = loop[1] + loop[2]
-    buckets = predict.gradient_buckets([], loop[2])  # as DDP built them at W = 2 (W = 1 skips the all-reduce)
+    buckets = commtimes.gradient_buckets([], loop[2])  # as DDP built them at W = 2 (W = 1 skips the all-reduce)
     cases = [
         case(
             "loopback",
@@ -157,14 +160,14 @@ def main() -> None:
             "loopback_alone",
             "loopback",
             [measured_step(r) for r in loop[2]],
-            predicted_step(loop[1], buckets, lo_fit, lo_fit, predict.Colocation()),
+            predicted_step(loop[1], buckets, lo_fit, lo_fit, scaling.Colocation()),
         ),
     ]
     fits = {"loopback": lo_fit.to_dict()}
     for bw, runs in links.items():
         measured = [measured_step(r) for r in runs]
-        named = predict.network_fit(lo_fit, bw, 0.0)
-        across = predict.fit_collective(*predict.comm_points([link_comm(bw, work / f"comm_{bw:g}.json", args)]))
+        named = allreduce.network_fit(lo_fit, bw, 0.0)
+        across = allreduce.fit_collective(*commtimes.comm_points([link_comm(bw, work / f"comm_{bw:g}.json", args)]))
         fits[f"{bw:g} Gbit/s"] = across.to_dict()
         ways = {"named": (both, named), "from_w1": (loop[1], named), "link_fit": (both, across)}
         for name, (runs_from, collective) in ways.items():

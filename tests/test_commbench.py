@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from ddpbench import commbench, predict
+from ddpbench import commbench
+from ddpbench.allreduce import fit_collective
+from ddpbench.commtimes import comm_points
+from ddpbench.scaling import Colocation
 
 
 def test_sizes_are_whole_float32_elements():
@@ -64,7 +67,7 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
         assert 0 < point["min_s"] <= point["median_s"] <= point["max_s"]
     small, large = result["sweep"][0]["median_s"], result["sweep"][-1]["median_s"]
     assert large > small  # 4 MiB takes longer than 8 bytes
-    fit = predict.fit_collective(*predict.comm_points([result]))
+    fit = fit_collective(*comm_points([result]))
     assert fit.alpha_s >= 0 and fit.bandwidth_bytes_s > 0
     # The model's step without communication, rank 0 alone and both at once, in blocks of 3 steps:
     compute = result["compute"]
@@ -72,7 +75,7 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
     assert compute["ranks_per_node"] == 2
     assert compute["slowdown"] == pytest.approx(compute["together_median_s"] / compute["alone_median_s"])
     assert 0 < compute["rank_wait_s"] < compute["together_median_s"]
-    colocation = predict.Colocation.from_comm([result])
+    colocation = Colocation.from_comm([result])
     assert colocation.measured == ((2, compute["slowdown"], compute["rank_wait_s"] / compute["together_median_s"]),)
 
 

@@ -3,7 +3,7 @@
     python -m ddpbench.report --summary results/summary.json --config results/config.json \
         --logs-dir logs/train --out results/report.html [--plots-dir results/plots]
 
-It only renders: every number, curve and fact comes from summary.json (python -m ddpbench.aggregate);
+It only renders: every number, curve and fact comes from summary.json (python -m ddpbench.summary);
 the workflow config is shown as it is, and the logs folder gives the links.
 The page opens from disk with no network: CSS is inline, plots are matplotlib SVG inserted as
 markup, and every other value goes through jinja2's autoescaping.
@@ -12,65 +12,26 @@ markup, and every other value goes through jinja2's autoescaping.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
 import re
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jinja2
-import matplotlib
-import matplotlib.ticker
-import numpy as np
 import yaml
-from markupsafe import Markup
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
-from ddpbench.aggregate import VARIANT_NAME, load_config, run_name
 from ddpbench.io import atomic_write_text
-from ddpbench.predict import MEASURED_NETWORK
+from ddpbench.plots import BATCH_MODE_WORDS, amdahl_list, by_group, inline_svg, make_plots
+from ddpbench.runs import VARIANT_NAME, load_config, run_name
 
 TEMPLATE = "report.html.j2"
-# Plot text is only numbers, fixed words and variant names, which load_summary holds to
-# VARIANT_NAME (letters, digits, "_", ".", "-"): no other run or config text goes into a figure,
-# so nothing user-controlled can reach the SVG as markup (or be mis-read as matplotlib mathtext).
-SVG_STYLE = {
-    "svg.fonttype": "none",  # text stays text; the browser's own sans-serif font renders it
-    "svg.hashsalt": "ddpbench",  # deterministic clip-path ids: same inputs, same file
-    "font.family": "sans-serif",
-    "font.size": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "#e3e6ea",
-    "grid.linewidth": 0.8,
-    "axes.edgecolor": "#6b7280",
-    "axes.titlesize": 10,
-    "axes.titleweight": "bold",
-    "legend.frameon": False,
-    "legend.fontsize": 8,
-}
-PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
-PARTS = [  # (label, colour) of the time breakdown, in stacking order
-    ("data", "#60a5fa"),
-    ("compute", "#2563eb"),
-    ("communication (exposed)", "#f97316"),
-    ("other", "#a3a3a3"),
-    ("evaluation", "#a78bfa"),
-]
-SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
-SECTIONS = {"variant_speed": "variants", "prediction": "prediction"}  # plots shown outside the Plots section
 # Predicted efficiency is tabled at these world sizes (those up to predict.max_world_size).
 TABLED_WORLD_SIZES = (8, 64, 256, 1024)
 # Network names reach the prediction plot's legend: held, like variant names, to plain text.
 NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]*")
-BATCH_MODE_WORDS = {"per_worker": "batch per worker", "global": "global batch split over the workers"}
 # What the page reads from summary.json; an older summary lacks some of it.
 SUMMARY_KEYS = (
     "generated_utc",
@@ -91,13 +52,6 @@ SUMMARY_KEYS = (
     "prediction",
     "prediction_reason",
 )
-# Type of the plot callbacks: errors per group, and additions per group or for the whole axes.
-Group = list[dict]
-YErr = Callable[[Group], Any]
-PerGroup = Callable[[Axes, Group, np.ndarray, np.ndarray, str], None]
-Ideal = Callable[[Axes, list[int]], Any]
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -112,45 +66,18 @@ def load_summary(path: Path) -> dict:
     if lacking:
         raise ReportError(
             f"{path} lacks {', '.join(lacking)}: it was written by an older ddpbench; "
-            "rerun python -m ddpbench.aggregate (with snakemake: delete the file and run snakemake again)"
+            "rerun python -m ddpbench.summary (with snakemake: delete the file and run snakemake again)"
         )
     bad = [name for name in (summary["variants"] or {}).get("names", []) if not VARIANT_NAME.fullmatch(name)]
     if bad:
-        raise ReportError(f"{path}: variant name {bad[0]!r} is not a safe name; rerun python -m ddpbench.aggregate")
+        raise ReportError(f"{path}: variant name {bad[0]!r} is not a safe name; rerun python -m ddpbench.summary")
     networks = [name for name in (summary["prediction"] or {}).get("networks", {}) if not NETWORK_NAME.fullmatch(name)]
     if networks:
         raise ReportError(
             f"{path}: network name {networks[0]!r} is not a safe name (letters, digits, '_', '.', '-', spaces); "
-            "rename it in predict.networks and rerun python -m ddpbench.aggregate"
+            "rename it in predict.networks and rerun python -m ddpbench.summary"
         )
     return summary
-
-
-def by_group(rows: list[dict]) -> dict[tuple[str | None, int], list[dict]]:
-    """Rows by (variant, batch size), in summary.json's order (variants as configured), each by world size."""
-    groups = defaultdict(list)
-    for row in sorted(rows, key=lambda r: r["world_size"]):
-        groups[(row.get("variant"), row["batch_size"])].append(row)
-    return dict(groups)
-
-
-def group_label(key: tuple[str | None, int], groups: Iterable[tuple[str | None, int]]) -> str:
-    """A line's legend: its variant and batch size, each only where the plot has several."""
-    variant, bs = key
-    parts = [variant] if len({k[0] for k in groups}) > 1 else []
-    parts += [f"batch {bs}"] if len({k[1] for k in groups}) > 1 else []
-    return ", ".join(parts) or "measured"
-
-
-def row_label(row: dict, groups: Iterable[tuple[str | None, int]]) -> str:
-    """ "W = 2", with its variant and batch size where the plot has several."""
-    label = group_label((row.get("variant"), row["batch_size"]), groups)
-    return f"W = {row['world_size']}" + ("" if label == "measured" else f", {label}")
-
-
-def num(value: float | None) -> float:
-    """None (JSON null for NaN) as NaN, so numpy and matplotlib skip it."""
-    return math.nan if value is None else float(value)
 
 
 def full_name(d: dict) -> str:
@@ -184,376 +111,6 @@ def missing_rows(summary: dict, logs_dir: Path | None, out: Path) -> list[dict]:
         {"variant": None, **m, "name": full_name(m), "log": log_link(logs_dir, out, full_name(m))}
         for m in summary["missing_runs"]
     ]
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def world_axis(ax: Axes, sizes: Iterable[int]) -> None:
-    """Ticks at the measured world sizes; log2 spacing once the range is wide."""
-    sizes = sorted(set(sizes))
-    if sizes and sizes[-1] / sizes[0] >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("world size (workers)")
-
-
-def series(group: list[dict], key: str) -> np.ndarray:
-    return np.array([num(r[key]) for r in group])
-
-
-def ci_errors(group: list[dict], mean: str, low: str, high: str) -> np.ndarray:
-    m = series(group, mean)
-    return np.nan_to_num(np.vstack([m - series(group, low), series(group, high) - m]), nan=0.0)
-
-
-def world_size_plot(
-    rows: list[dict],
-    key: str,
-    yerr: YErr,
-    ylabel: str,
-    title: str,
-    scale: float = 1.0,
-    from_zero: bool = True,
-    per_group: PerGroup | None = None,
-    ideal: Ideal | None = None,
-) -> Figure:
-    """One line per (variant, batch size) of ``key`` against the world size, with error bars.
-
-    ``yerr(group)`` gives the error bars; ``ideal(ax, sizes)`` draws a reference first;
-    ``per_group(ax, group, sizes, values, colour)`` adds to each line."""
-    fig = Figure(figsize=SINGLE, layout="constrained")
-    ax = fig.add_subplot()
-    draw_lines(ax, rows, key, yerr, scale, per_group, ideal)
-    ax.set_ylabel(ylabel)
-    if from_zero:
-        ax.set_ylim(bottom=0)
-    ax.set_title(title)
-    ax.legend()
-    return fig
-
-
-def draw_lines(
-    ax: Axes,
-    rows: list[dict],
-    key: str,
-    yerr: YErr,
-    scale: float = 1.0,
-    per_group: PerGroup | None = None,
-    ideal: Ideal | None = None,
-) -> None:
-    """The lines of world_size_plot on ``ax``: one per (variant, batch size), a colour each."""
-    groups = by_group(rows)
-    sizes = [r["world_size"] for r in rows]
-    if ideal:
-        ideal(ax, sorted(set(sizes)))
-    for i, (group, g) in enumerate(groups.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        w, y = series(g, "world_size"), scale * series(g, key)
-        ax.errorbar(w, y, yerr=scale * yerr(g), fmt="o-", capsize=3, color=colour, label=group_label(group, groups))
-        if per_group:
-            per_group(ax, g, w, y, colour)
-    world_axis(ax, sizes)
-
-
-def amdahl_for(amdahl: dict, variant: str | None, bs: int) -> float | None:
-    """summary.json's fitted serial fraction: {batch size: f}, or {variant: {batch size: f}} with variants
-    (keys are strings after JSON, numbers before)."""
-    fits = amdahl.get(variant, {}) if variant else amdahl
-    return fits.get(str(bs), fits.get(bs))
-
-
-def amdahl_list(amdahl: dict) -> list[dict]:
-    """The fits as {variant, batch_size, f} rows (variant None without variants)."""
-    if amdahl and all(isinstance(fits, dict) for fits in amdahl.values()):
-        return [{"variant": v, "batch_size": bs, "f": f} for v, fits in amdahl.items() for bs, f in fits.items()]
-    return [{"variant": None, "batch_size": bs, "f": f} for bs, f in amdahl.items()]
-
-
-def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
-    def fit(ax: Axes, g: Group, w: np.ndarray, y: np.ndarray, colour: str) -> None:
-        f = amdahl_for(amdahl, g[0].get("variant"), g[0]["batch_size"])
-        if f is not None:
-            dense = np.linspace(min(w), max(w), 100)
-            ax.plot(dense, 1.0 / (f + (1.0 - f) / dense), ":", color=colour, label=f"Amdahl fit, f = {f:.3f}")
-
-    return world_size_plot(
-        rows,
-        "speedup_mean",
-        lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
-        "speedup T(1) / T(W)",
-        "Speedup (95 % CI across seeds)",
-        per_group=fit,
-        ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"),
-    )
-
-
-def efficiency_plot(rows: list[dict]) -> Figure:
-    return world_size_plot(
-        rows,
-        "efficiency_mean",
-        lambda g: ci_errors(g, "efficiency_mean", "efficiency_ci95_low", "efficiency_ci95_high"),
-        "parallel efficiency (%)",
-        "Efficiency = speedup / W (95 % CI)",
-        scale=100,
-        ideal=lambda ax, sizes: ax.axhline(100, ls="--", color="#9ca3af", label="ideal (100 %)"),
-    )
-
-
-def throughput_plot(rows: list[dict]) -> Figure:
-    def ideal(ax: Axes, g: Group, w: np.ndarray, y: np.ndarray, colour: str) -> None:
-        if g[0]["world_size"] == 1:
-            label = "ideal (W × one worker)"
-            once = label if label not in ax.get_legend_handles_labels()[1] else "_nolegend_"  # one entry for all
-            ax.plot(w, y[0] * w, "--", color=colour, alpha=0.5, label=once)
-
-    return world_size_plot(
-        rows,
-        "throughput_mean_img_s",
-        lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
-        "training images / s",
-        "Throughput (± std across seeds)",
-        per_group=ideal,
-    )
-
-
-def accuracy_plot(rows: list[dict]) -> Figure:
-    return world_size_plot(
-        rows,
-        "test_acc_mean",
-        lambda g: np.nan_to_num(series(g, "test_acc_std")),
-        "final test accuracy (%)",
-        "Test accuracy after the last epoch (± std)",
-        from_zero=False,
-    )
-
-
-def breakdown_plot(rows: list[dict]) -> Figure:
-    """Mean seconds per run: training time split by the summary's shares, plus evaluation."""
-    groups = by_group(rows)
-    ordered = [r for g in groups.values() for r in g][::-1]  # barh draws bottom up: first group on top
-    labels = [row_label(r, groups) for r in ordered]
-    train = series(ordered, "train_time_mean_s")
-    comm = np.nan_to_num(series(ordered, "comm_share"))  # untimed (CUDA): inside compute
-    parts = [
-        series(ordered, "data_share") * train,
-        series(ordered, "compute_share") * train,
-        comm * train,
-        series(ordered, "other_share") * train,
-        series(ordered, "eval_time_mean_s"),
-    ]
-    fig = Figure(figsize=(WIDE[0], 1.5 + 0.42 * len(ordered)), layout="constrained")
-    ax = fig.add_subplot()
-    left = np.zeros(len(ordered))
-    for (label, colour), values in zip(PARTS, parts, strict=True):
-        values = np.nan_to_num(values)
-        ax.barh(labels, values, left=left, color=colour, label=label, height=0.6)
-        left += values
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel("seconds per run (mean across seeds)")
-    ax.set_title("Where the time goes: training (data, compute, exposed communication, other) + evaluation")
-    fig.legend(ncols=len(PARTS), loc="outside lower center")  # "outside": constrained layout makes room
-    return fig
-
-
-def learning_curves_plot(curves: list[dict]) -> Figure:
-    """summary.json's mean test accuracy and loss per epoch, one line per (variant, batch size, world
-    size): a colour per world size, a line style per (variant, batch size)."""
-    fig = Figure(figsize=WIDE, layout="constrained")
-    acc_ax, loss_ax = fig.subplots(1, 2)
-    groups = list(dict.fromkeys((c.get("variant"), c["batch_size"]) for c in curves))
-    sizes = sorted({c["world_size"] for c in curves})
-    for c in curves:  # summary.json's order: variants as configured, then batch and world size
-        group, ws = (c.get("variant"), c["batch_size"]), c["world_size"]
-        style = dict(
-            color=PALETTE[sizes.index(ws) % len(PALETTE)],
-            marker="o",
-            markersize=3,
-            ls=["-", "--", ":", "-."][groups.index(group) % 4],
-            label=row_label(c, groups),
-        )
-        acc_ax.plot(c["epoch"], c["test_acc"], **style)
-        loss_ax.plot(c["epoch"], c["test_loss"], **style)
-    for ax, title, ylabel in (
-        (acc_ax, "Test accuracy per epoch", "test accuracy (%)"),
-        (loss_ax, "Test loss per epoch", "test loss (cross-entropy)"),
-    ):
-        ax.set_title(title + " (mean across seeds)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    acc_ax.legend()
-    return fig
-
-
-def variant_speed_plot(speed: list[dict]) -> Figure:
-    """Throughput against the baseline's next to reaching the target against the baseline's, both as
-    speedups (summary.json's variants.speed_vs_accuracy), one line per (variant, batch size) in the
-    colours of the other plots; the baseline's line is 1."""
-    fig = Figure(figsize=WIDE, layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, key, title in (
-        (axes[0], "throughput_speedup", "Throughput ÷ baseline's (images per second)"),
-        (axes[1], "time_to_target_speedup", "Baseline's time to target ÷ variant's"),
-    ):
-        draw_lines(
-            ax,
-            speed,
-            key,
-            lambda g, key=key: ci_errors(g, key, f"{key}_ci95_low", f"{key}_ci95_high"),
-        )
-        ax.set_ylabel("speedup against the baseline")
-        ax.set_title(title + " (95 % CI)")
-    axes[0].legend()
-    return fig
-
-
-def network_label(name: str) -> str:
-    """A predicted curve's legend: the network measured here is called so."""
-    return ("network measured here" if name == MEASURED_NETWORK else name) + " (predicted)"
-
-
-def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
-    """The measured speedup of the predicted variant (points, 95 % CI) and the predicted speedup per
-    network continuing dashed up to predict.max_world_size, log2 axes: one panel per batch mode."""
-    fig = Figure(figsize=WIDE, layout="constrained")
-    axes = dict(zip(BATCH_MODE_WORDS, fig.subplots(1, 2, sharey=True), strict=True))
-    networks = list(prediction["networks"])
-    configs = list(dict.fromkeys((c["runs_batch_mode"], c["batch_size"]) for c in prediction["curves"]))
-    several = len(configs) > 1
-    sizes = [2**k for k in range(int(math.log2(prediction["max_world_size"])) + 1)]
-    for ax in axes.values():
-        ax.plot(sizes, sizes, ":", color="#9ca3af", label="ideal (S = W)")
-    for curve in prediction["curves"]:
-        config = (curve["runs_batch_mode"], curve["batch_size"])
-        axes[curve["batch_mode"]].plot(
-            curve["world_sizes"],
-            [num(v) for v in curve["speedup"]],
-            ["--", "-.", ":"][configs.index(config) % 3],
-            color=PALETTE[networks.index(curve["network"]) % len(PALETTE)],
-            label=network_label(curve["network"]) + (f", batch {curve['batch_size']}" if several else ""),
-        )
-    for mode, bs in configs:
-        g = [r for r in rows if r.get("variant") == prediction["variant"] and r["batch_size"] == bs]
-        errors = ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high")
-        label = "measured here" + (f", batch {bs}" if several else "")
-        axes[mode].errorbar(
-            series(g, "world_size"),
-            series(g, "speedup_mean"),
-            yerr=errors,
-            fmt="o-",
-            capsize=3,
-            color="#111827",
-            label=label,
-            zorder=3,
-        )
-    for mode, ax in axes.items():
-        world_axis(ax, sizes)
-        ax.set_yscale("log", base=2)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.set_title(f"Speedup, {BATCH_MODE_WORDS[mode]}")
-        ax.legend()
-    axes["per_worker"].set_ylabel("speedup T(1) / T(W)")
-    return fig
-
-
-def svg_text(fig: Figure) -> str:
-    """The figure as a standalone SVG document, without the date or RDF metadata block."""
-    buffer = io.StringIO()
-    with matplotlib.rc_context(SVG_STYLE):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    return buffer.getvalue()
-
-
-def inline_svg(svg: str, name: str) -> Markup:
-    """SVG markup for inside HTML: no XML prolog, and ids prefixed so two figures' clip paths
-    cannot collide. Safe to mark: matplotlib wrote it and escapes every text it draws."""
-    body = svg[svg.index("<svg") :]
-    body = re.sub(r'\bid="', f'id="{name}-', body)
-    body = body.replace("url(#", f"url(#{name}-").replace('href="#', f'href="#{name}-')
-    return Markup(body)
-
-
-def make_plots(summary: dict) -> list[dict]:
-    """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
-    rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
-    fits = ", ".join(
-        f"f = {a['f']:.3f} at " + (f"{a['variant']}, " if a["variant"] else "") + f"batch {a['batch_size']}"
-        for a in amdahl_list(amdahl)
-        if a["f"] is not None
-    )
-    specs = [
-        (
-            "speedup",
-            False,
-            "Speedup of the training time against one worker, ideal line and Amdahl fit "
-            f"(fitted serial fraction {fits or 'not available: one world size'}).",
-            lambda: speedup_plot(rows, amdahl),
-        ),
-        (
-            "efficiency",
-            False,
-            "Parallel efficiency: speedup divided by the number of workers.",
-            lambda: efficiency_plot(rows),
-        ),
-        ("throughput", False, "Training images per second over all workers.", lambda: throughput_plot(rows)),
-        (
-            "accuracy",
-            False,
-            "Final test accuracy: larger world sizes train with a larger global batch.",
-            lambda: accuracy_plot(rows),
-        ),
-        (
-            "time_breakdown",
-            True,
-            "Mean time per run split into data loading, compute, exposed communication, "
-            "other training time, and evaluation.",
-            lambda: breakdown_plot(rows),
-        ),
-        (
-            "learning_curves",
-            True,
-            "Test accuracy and loss after each epoch, one line per world size.",
-            lambda: learning_curves_plot(summary["learning_curves"]),
-        ),
-    ]
-    plots = []
-    for name, wide, caption, build in specs + variant_specs(summary["variants"]) + prediction_specs(summary):
-        if name == "learning_curves" and not summary["learning_curves"]:
-            continue
-        with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
-            svg = svg_text(build())
-        section = SECTIONS.get(name, "plots")
-        plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg, "section": section})
-    return plots
-
-
-def variant_specs(variants: dict | None) -> list[tuple]:
-    """The Variants section's plot, when the study has variants."""
-    if not variants:
-        return []
-    baseline = variants["baseline"]
-    caption = (
-        f"Each variant against the baseline ({baseline}, at 1) at the same world size and batch size, paired by "
-        "seed (95 % CI). "
-        "Left: images per second; right: how much sooner it reaches the target accuracy. A variant above 1 on the "
-        "left but not on the right trains faster per image but needs more epochs to reach the target."
-    )
-    return [("variant_speed", True, caption, lambda: variant_speed_plot(variants["speed_vs_accuracy"]))]
-
-
-def prediction_specs(summary: dict) -> list[tuple]:
-    """The "Beyond this machine" section's plot, when summary.json holds a prediction."""
-    prediction = summary["prediction"]
-    if not prediction:
-        return []
-    caption = (
-        "Measured speedup (points, 95 % CI) and the scaling model's prediction per network, dashed, up to "
-        f"{prediction['max_world_size']} workers (log2 axes). Left: every worker keeps the batch the runs used; "
-        "right: that batch is split over the workers. Each added worker is assumed to bring its own cores or GPU."
-    )
-    return [("prediction", True, caption, lambda: prediction_plot(summary["rows"], prediction))]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -653,7 +210,7 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddpbench.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--summary", type=Path, required=True, help="summary.json from python -m ddpbench.aggregate")
+    p.add_argument("--summary", type=Path, required=True, help="summary.json from python -m ddpbench.summary")
     p.add_argument("--config", type=Path, help="the workflow's resolved config (YAML or JSON) to show")
     p.add_argument(
         "--logs-dir", type=Path, help="folder of ws<W>_bs<B>_seed<S>.log (with variants <variant>/...) files to link to"
