@@ -30,7 +30,7 @@ rule aggregate:
         expected=run_names(),
     shell:
         # The log's end on the console too: a refused run names its file and the fix.
-        "python -m ddpbench.aggregate --runs {input.runs} --schema {input.schema} --config {input.config}"
+        "python -m ddpbench.summary --runs {input.runs} --schema {input.schema} --config {input.config}"
         " --expect {params.expected} --comm {input.comm} --csv {output.csv} --json {output.json}"
         " --prediction-csv {output.prediction} > {log} 2>&1"
         " || {{ tail -n 20 {log} >&2; exit 1; }}"
@@ -97,7 +97,7 @@ rule partial_report:
         expected=run_names(),
         schema=workflow.source_path("../schemas/run.schema.json"),
     shell:
-        "(python -m ddpbench.aggregate --runs {params.runs} --schema {params.schema}"
+        "(python -m ddpbench.summary --runs {params.runs} --schema {params.schema}"
         " --config {input.config} --expect {params.expected} --comm {params.comm}"
         " --csv {output.csv} --json {output.json}"
         " && python -m ddpbench.report --summary {output.json} --config {input.config}"

@@ -1,5 +1,5 @@
-"""The summary arithmetic (paired speedup, t intervals, Karp-Flatt), what the report shows, and the
-runs aggregation refuses: bad files, runs whose contents disagree with their name or the grid."""
+"""The summary arithmetic (paired speedup, t intervals, Karp-Flatt), the variants' comparison with
+the baseline, what the report shows, the scaling prediction and the command line (ddpbench.summary)."""
 
 import json
 import math
@@ -8,49 +8,25 @@ import pandas as pd
 import pytest
 from conftest import RUN_SCHEMA
 from runfactory import make_comm, make_run, write_comm, write_grid
+from test_runs import FACTORY_VARIANTS, GRID_CONFIG, VARIANT_CONFIG, predicted_study, variant_study, write_run
 
-from ddpbench import aggregate as agg
+from ddpbench.comparison import COMPARISON_COLUMNS
+from ddpbench.runs import RunsError, load_config
+from ddpbench.summary import SUMMARY_COLUMNS, build_summary, main
 
-# The options runfactory's runs were trained with, as the workflow's results/config.json holds
-# them: "auto" where the job resolves the value itself.
-GRID_CONFIG = {
-    "data": {"source": "synthetic", "loader": "resident"},
-    "grid": {"world_sizes": [1, 2], "batch_sizes": [128], "seeds": [0, 1]},
-    "train": {
-        "model": "simple_cnn",
-        "epochs": 3,
-        "lr": 0.01,
-        "momentum": 0.9,
-        "weight_decay": 1.0e-4,
-        "batch_size_mode": "per_worker",
-        "lr_scaling": "none",
-        "base_batch_size": 128,
-        "warmup_epochs": 0,
-        "augment": "none",
-        "channels_last": "auto",
-        "precision": "fp32",
-        "allreduce": "auto",
-        "device": "auto",
-        "threads_per_worker": "auto",
-        "ranks_per_node": "auto",
-        "max_train_samples": None,
-        "target_accuracy": 50,
-        "eval_batch_size": 500,
-        "timeout": 120,
-    },
-}
+# --------------------------------------------------------------------------- helpers
 
 
 def summary_for(tmp_path, world_sizes=(1, 2, 4), seeds=(0, 1, 2), **kwargs):
     paths, expected = write_grid(tmp_path, world_sizes, [128], seeds, **kwargs)
-    result, table = agg.aggregate(paths, RUN_SCHEMA, expected)
+    result, table = build_summary(paths, RUN_SCHEMA, expected)
     return result, table, paths
 
 
-def write_run(folder, name, run) -> str:
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(run))
-    return path
+def per_seed(paths, variant, ws, key):
+    """{seed: totals[key]} of one variant's runs at world size ws, read from the files."""
+    runs = [json.loads(p.read_text()) for p in paths if p.parent.name == variant]
+    return {r["config"]["seed"]: r["totals"][key] for r in runs if r["config"]["world_size"] == ws}
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -63,7 +39,7 @@ def test_known_answer_speedup_interval_and_karp_flatt(tmp_path):
         write_run(tmp_path, f"ws{ws}_bs128_seed{seed}", make_run(ws, 128, seed, train_time=t))
         for (ws, seed), t in times.items()
     ]
-    result, _ = agg.aggregate(paths, RUN_SCHEMA)
+    result, _ = build_summary(paths, RUN_SCHEMA)
     one, two = result["rows"]
     assert [r["speedup"] for r in result["runs"] if r["world_size"] == 2] == pytest.approx([1.5, 2.0, 1.5])
     # Mean of the paired speedups 12/8, 10/5, 9/6 (the ratio of mean times would be 31/19 = 1.632).
@@ -103,7 +79,7 @@ def test_amdahl_fit_recovers_the_serial_fraction(tmp_path):
         write_run(tmp_path, f"ws{ws}_bs128_seed0", make_run(ws, 128, 0, train_time=10 * (0.2 + 0.8 / ws)))
         for ws in (1, 2, 4, 8)
     ]
-    result, _ = agg.aggregate(paths, RUN_SCHEMA)
+    result, _ = build_summary(paths, RUN_SCHEMA)
     assert result["amdahl_serial_fraction"] == {128: pytest.approx(0.2, abs=1e-4)}
     assert [r["karp_flatt"] for r in result["rows"][1:]] == pytest.approx([0.2, 0.2, 0.2])
 
@@ -115,8 +91,8 @@ def test_a_single_seed_has_no_interval(tmp_path):
 
 def test_grid_without_world_size_one_is_an_error(tmp_path):
     paths, _ = write_grid(tmp_path, [2, 4], [128], [0])
-    with pytest.raises(agg.AggregateError, match="no world size 1 run .* add 1 to grid.world_sizes"):
-        agg.aggregate(paths, RUN_SCHEMA)
+    with pytest.raises(RunsError, match="no world size 1 run .* add 1 to grid.world_sizes"):
+        build_summary(paths, RUN_SCHEMA)
 
 
 def test_missing_runs_are_listed(tmp_path):
@@ -175,7 +151,7 @@ def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
     shared = json.loads(paths[3].read_text())  # ws2 seed 1, in the same minute as ws1 seed 0
     shared["timestamps"] = dict(json.loads(paths[0].read_text())["timestamps"])
     paths[3].write_text(json.dumps(shared))
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected)
+    result, _ = build_summary(paths, RUN_SCHEMA, expected)
     assert result["overlaps"] == [{"host": "node-a", "runs": ["ws1_bs128_seed0", "ws2_bs128_seed1"]}]
 
 
@@ -184,7 +160,7 @@ def test_timing_lock_waits_are_recorded(tmp_path):
         write_run(tmp_path, f"ws{ws}_bs128_seed0", make_run(ws, 128, 0, lock_wait=wait))
         for ws, wait in ((1, 0.5), (2, 2.0))
     ]
-    result, _ = agg.aggregate(paths, RUN_SCHEMA)
+    result, _ = build_summary(paths, RUN_SCHEMA)
     assert [r["lock_wait_s"] for r in result["runs"]] == [0.5, 2.0]
     assert result["method"]["timing_lock"] == {
         "paths": ["/tmp/ddpbench-timing.lock"],
@@ -199,94 +175,9 @@ def test_machine_lists_every_host(tmp_path):
         write_run(tmp_path, "ws1_bs128_seed0", make_run(1, 128, 0, hostname="node-a")),
         write_run(tmp_path, "ws2_bs128_seed0", make_run(2, 128, 0, hostname="node-b")),
     ]
-    result, _ = agg.aggregate(paths, RUN_SCHEMA)
+    result, _ = build_summary(paths, RUN_SCHEMA)
     hosts = next(m for m in result["machine"] if m["key"] == "hostnames")
     assert hosts == {"key": "hostnames", "label": "Hosts", "values": ["node-a", "node-b"]}
-
-
-# --------------------------------------------------------------------------- refused runs
-
-
-def test_invalid_run_is_refused_with_its_path(tmp_path):
-    paths, _ = write_grid(tmp_path, [1], [128], [0])
-    broken = make_run(1, 128, 1)
-    del broken["totals"]["train_time_s"]
-    bad = write_run(tmp_path, "ws1_bs128_seed1", broken)
-    with pytest.raises(agg.AggregateError, match="ws1_bs128_seed1.json .*train_time_s"):
-        agg.aggregate([*paths, bad], RUN_SCHEMA)
-    bad.write_text("{ truncated")
-    with pytest.raises(agg.AggregateError, match="cannot read run"):
-        agg.aggregate([bad], RUN_SCHEMA)
-
-
-@pytest.mark.parametrize(
-    "inside, key, shown",
-    [
-        ((4, 64, 1), "world_size", "config.world_size is 4 but the file name says world_size 2"),
-        ((2, 64, 5), "seed", "config.seed is 5 but the file name says seed 1"),
-        ((2, 128, 1), "batch_size", "config.batch_size is 128 but the file name says batch_size 64"),
-    ],
-)
-def test_run_whose_contents_disagree_with_its_name_is_refused(tmp_path, inside, key, shown):
-    paths, _ = write_grid(tmp_path, [1, 2], [64], [0, 1])
-    tampered = write_run(tmp_path, "ws2_bs64_seed1", make_run(*inside))
-    with pytest.raises(agg.AggregateError) as err:
-        agg.aggregate(paths, RUN_SCHEMA)
-    message = str(err.value)
-    assert str(tampered) in message and shown in message and "delete the file and rerun its job" in message
-
-
-def test_run_file_without_a_run_name_is_refused(tmp_path):
-    path = write_run(tmp_path, "best_run", make_run(1, 128, 0))
-    with pytest.raises(agg.AggregateError, match=r"best_run.json: the file name does not say .* ws<W>_bs<B>_seed<S>"):
-        agg.aggregate([path], RUN_SCHEMA)
-
-
-def test_runs_agreeing_with_the_workflow_config_pass(tmp_path):
-    """Options the job resolves (auto threads, device, format, all-reduce) may differ from the config."""
-    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1])
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected, GRID_CONFIG)
-    assert [r["n_seeds"] for r in result["rows"]] == [2, 2]
-
-
-@pytest.mark.parametrize(
-    "section, key, value, shown",
-    [
-        ("train", "epochs", 5, "config.epochs is 3 but results/config.json has train.epochs: 5"),
-        ("train", "lr", 0.1, "config.lr is 0.01 but results/config.json has train.lr: 0.1"),
-        (
-            "train",
-            "target_accuracy",
-            None,
-            "config.target_accuracy is 50.0 but results/config.json has train.target_accuracy: None",
-        ),
-        (
-            "data",
-            "loader",
-            "dataloader",
-            "config.loader is 'resident' but results/config.json has data.loader: 'dataloader'",
-        ),
-        (
-            "data",
-            "source",
-            "cifar10",
-            "dataset.source is 'synthetic' but results/config.json has data.source: 'cifar10'",
-        ),
-    ],
-)
-def test_run_trained_with_other_options_is_refused(tmp_path, section, key, value, shown):
-    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1])
-    config = {**GRID_CONFIG, section: {**GRID_CONFIG[section], key: value}}
-    with pytest.raises(agg.AggregateError) as err:
-        agg.aggregate(paths, RUN_SCHEMA, expected, config, "results/config.json")
-    message = str(err.value)
-    assert "ws1_bs128_seed0.json" in message and shown in message and "delete the file and rerun its job" in message
-
-
-def test_run_outside_the_grid_is_refused(tmp_path):
-    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1])
-    with pytest.raises(agg.AggregateError, match=r"ws2_bs128_seed1.json \(ws2_bs128_seed1\) is not part of the grid"):
-        agg.aggregate(paths, RUN_SCHEMA, [name for name in expected if name != "ws2_bs128_seed1"])
 
 
 # --------------------------------------------------------------------------- the command line
@@ -298,7 +189,7 @@ def test_cli_writes_csv_and_json(tmp_path):
     config.write_text(json.dumps(GRID_CONFIG))
     csv, js = tmp_path / "summary.csv", tmp_path / "summary.json"
     assert (
-        agg.main(
+        main(
             [
                 "--runs",
                 *map(str, paths),
@@ -326,7 +217,7 @@ def test_cli_writes_csv_and_json(tmp_path):
 
 def test_cli_without_runs_says_no_run_of_the_grid_exists(tmp_path, capsys):
     csv, js = tmp_path / "summary.csv", tmp_path / "summary.json"
-    rc = agg.main(
+    rc = main(
         [
             "--runs",
             "--schema",
@@ -349,7 +240,7 @@ def test_cli_without_runs_says_no_run_of_the_grid_exists(tmp_path, capsys):
 def test_cli_names_a_tampered_run(tmp_path, capsys):
     paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0])
     paths[1].write_text(json.dumps(make_run(4, 128, 0)))
-    rc = agg.main(
+    rc = main(
         [
             "--runs",
             *map(str, paths),
@@ -367,38 +258,6 @@ def test_cli_names_a_tampered_run(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- variants
 
-# A study of three variants, as results/config.json holds it (fp32: null is an empty override),
-# and the factory's runs for it: fp16hook 1.25x and bf16 1.9x the throughput, bf16 half a point less.
-VARIANT_CONFIG = {
-    **GRID_CONFIG,
-    "grid": {
-        **GRID_CONFIG["grid"],
-        "variants": {
-            "fp32": None,
-            "fp16hook": {"train": {"comm_hook": "fp16"}},
-            "bf16": {"train": {"precision": "bf16"}},
-        },
-        "baseline": None,
-    },
-}
-FACTORY_VARIANTS = {
-    "fp32": {},
-    "fp16hook": {"throughput_factor": 1.25, "config_overrides": {"comm_hook": "fp16"}},
-    "bf16": {"throughput_factor": 1.9, "acc_offset": -0.5, "config_overrides": {"precision": "bf16"}},
-}
-
-
-def variant_study(tmp_path, config=VARIANT_CONFIG, variants=FACTORY_VARIANTS, **kwargs):
-    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=variants, **kwargs)
-    result, table = agg.aggregate(paths, RUN_SCHEMA, expected, config, "results/config.json")
-    return result, table, paths
-
-
-def per_seed(paths, variant, ws, key):
-    """{seed: totals[key]} of one variant's runs at world size ws, read from the files."""
-    runs = [json.loads(p.read_text()) for p in paths if p.parent.name == variant]
-    return {r["config"]["seed"]: r["totals"][key] for r in runs if r["config"]["world_size"] == ws}
-
 
 def test_known_answer_throughput_ratio_time_to_target_and_accuracy_difference(tmp_path):
     """Three seeds of a baseline and a variant at W = 1 with chosen times, accuracies and times to
@@ -414,7 +273,7 @@ def test_known_answer_throughput_ratio_time_to_target_and_accuracy_difference(tm
             run["totals"]["time_to_target_s"] = to_target[variant][seed]
             paths.append(write_run(tmp_path / variant, f"ws1_bs128_seed{seed}", run))
     expected = [f"{v}/ws1_bs128_seed{s}" for v in ("base", "fast") for s in range(3)]
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected)
+    result, _ = build_summary(paths, RUN_SCHEMA, expected)
     base, fast = result["rows"]
     assert (base["variant"], fast["variant"]) == ("base", "fast") and result["variants"]["baseline"] == "base"
     # Throughput 6144 images / time: the ratios are 12/8, 10/5, 9/6 = 1.5, 2, 1.5, as in the speedup test.
@@ -483,29 +342,8 @@ def test_the_baseline_is_grid_baseline(tmp_path):
         speed[("bf16", 1)]["throughput_speedup"] == 1.0 and speed[("fp32", 1)]["throughput_speedup"] < 0.6
     )  # 1 / 1.9, jittered
     config["grid"] = {**config["grid"], "baseline": "fp8"}
-    with pytest.raises(agg.AggregateError, match=r"grid.baseline is 'fp8', which is not a variant"):
+    with pytest.raises(RunsError, match=r"grid.baseline is 'fp8', which is not a variant"):
         variant_study(tmp_path / "again", config)
-
-
-def test_run_that_disagrees_with_its_variants_overrides_is_refused(tmp_path):
-    variants = {**FACTORY_VARIANTS, "fp16hook": {"config_overrides": {"comm_hook": "none"}}}
-    with pytest.raises(agg.AggregateError) as err:
-        variant_study(tmp_path, variants=variants)
-    message = str(err.value)
-    assert str(tmp_path / "fp16hook/ws1_bs128_seed0.json") in message
-    assert "config.comm_hook is 'none' but results/config.json has grid.variants.fp16hook.train.comm_hook: 'fp16'" in (
-        message
-    )
-    assert "delete the file and rerun its job" in message
-
-
-def test_run_outside_a_variant_folder_is_refused(tmp_path):
-    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=FACTORY_VARIANTS)
-    stray = tmp_path / "old" / "ws1_bs128_seed0.json"
-    stray.parent.mkdir()
-    stray.write_text(paths[0].read_text())
-    with pytest.raises(agg.AggregateError, match=r"old/ws1_bs128_seed0.json: its folder 'old' is not one of"):
-        agg.aggregate([*paths, stray], RUN_SCHEMA, expected, VARIANT_CONFIG)
 
 
 def test_missing_run_of_a_variant_is_named_with_its_variant(tmp_path):
@@ -521,14 +359,14 @@ def test_cli_csv_has_a_variant_column_only_with_variants(tmp_path):
         (tmp_path / name / "config.json").write_text(json.dumps(config))
         csv, js = tmp_path / name / "summary.csv", tmp_path / name / "summary.json"
         args = ["--runs", *map(str, paths), "--config", str(tmp_path / name / "config.json"), "--expect", *expected]
-        assert agg.main([*args, "--csv", str(csv), "--json", str(js)]) == 0
+        assert main([*args, "--csv", str(csv), "--json", str(js)]) == 0
     plain = pd.read_csv(tmp_path / "plain/summary.csv")
-    assert list(plain.columns) == agg.SUMMARY_COLUMNS  # as before variants existed
+    assert list(plain.columns) == SUMMARY_COLUMNS  # as before variants existed
     summary = json.loads((tmp_path / "plain/summary.json").read_text())
     assert summary["variants"] is None and all(r["variant"] is None for r in summary["rows"])
     assert "throughput_ratio_vs_baseline" not in summary["rows"][0]
     table = pd.read_csv(tmp_path / "variants/summary.csv")
-    assert list(table.columns) == ["variant", *agg.SUMMARY_COLUMNS, *agg.COMPARISON_COLUMNS]
+    assert list(table.columns) == ["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS]
     assert table.variant.tolist() == ["fp32", "fp32", "fp16hook", "fp16hook", "bf16", "bf16"]
     assert table.test_acc_diff_vs_baseline.tolist() == pytest.approx([0, 0, 0, 0, -0.5, -0.5])
 
@@ -553,50 +391,18 @@ def test_resource_model_cores_fixed_or_cores_per_worker_fixed(tmp_path):
 def test_resource_model_is_mixed_when_variants_differ(tmp_path):
     variants = {"split": {}, "one_thread": {"threads": 1, "config_overrides": {}}}
     paths, expected = write_grid(tmp_path, [1, 2], [128], [0], variants=variants)
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected)
+    result, _ = build_summary(paths, RUN_SCHEMA, expected)
     model = result["resource_model"]
     assert model["kind"] == "mixed"
     assert model["by_variant"] == {"split": "cores_fixed", "one_thread": "cores_per_worker_fixed"}
 
 
-def test_a_set_thread_count_is_checked_against_the_run(tmp_path):
-    config = {
-        **VARIANT_CONFIG,
-        "grid": {**VARIANT_CONFIG["grid"], "variants": {"fp32": None, "t1": {"train": {"threads_per_worker": 1}}}},
-    }
-    variants = {"fp32": {}, "t1": {"threads": 2}}
-    with pytest.raises(
-        agg.AggregateError, match=r"config.threads_per_worker is 2 but .* grid.variants.t1.train.threads_per_worker: 1"
-    ):
-        variant_study(tmp_path, config, variants)
-
-
 # --------------------------------------------------------------------------- the scaling prediction
-
-PREDICT_CONFIG = {
-    **GRID_CONFIG,
-    "predict": {"max_world_size": 64, "networks": {"1GbE": {"bandwidth_gbit": 1, "latency_us": 50}}},
-}
-
-
-def predicted_study(tmp_path, comm_world_sizes=(2,), config=PREDICT_CONFIG):
-    """Two seeds at W = 1 and 2 with chosen times (one epoch: 16 and 8 steps of batch 128) and the
-    all-reduce timings of a ring with alpha = 50 us, B = 1e9 B/s."""
-    times = {1: 1.6, 2: 1.0}
-    paths = [
-        write_run(tmp_path, f"ws{ws}_bs128_seed{seed}", make_run(ws, 128, seed, epochs=1, train_time=times[ws]))
-        for ws in (1, 2)
-        for seed in (0, 1)
-    ]
-    comm = write_comm(tmp_path / "comm", comm_world_sizes)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({**config, "train": {**config["train"], "epochs": 1}}))
-    return paths, comm, config_file
 
 
 def test_prediction_by_hand_for_one_point(tmp_path):
     paths, comm, config = predicted_study(tmp_path)
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, config=agg.load_config(config), comm=comm)
+    result, _ = build_summary(paths, RUN_SCHEMA, config=load_config(config), comm=comm)
     prediction = result["prediction"]
     assert result["prediction_reason"] is None and prediction["variant"] is None
     assert prediction["comm_world_sizes"] == [2] and prediction["comm_files"] == [str(comm[0])]
@@ -647,9 +453,9 @@ def test_cli_writes_the_prediction_csv_and_summary_csv_keeps_its_columns(tmp_pat
     out = {name: tmp_path / name for name in ("summary.csv", "summary.json", "prediction.csv")}
     args = ["--runs", *map(str, paths), "--schema", str(RUN_SCHEMA), "--config", str(config), "--comm", *map(str, comm)]
     args += ["--csv", str(out["summary.csv"]), "--json", str(out["summary.json"])]
-    assert agg.main([*args, "--prediction-csv", str(out["prediction.csv"])]) == 0
+    assert main([*args, "--prediction-csv", str(out["prediction.csv"])]) == 0
     summary = json.loads(out["summary.json"].read_text())
-    assert list(pd.read_csv(out["summary.csv"]).columns) == agg.SUMMARY_COLUMNS
+    assert list(pd.read_csv(out["summary.csv"]).columns) == SUMMARY_COLUMNS
     table = pd.read_csv(out["prediction.csv"])
     assert len(table) == len(summary["prediction"]["rows"]) == 2 * (7 + 7)  # 2 networks x (per_worker + global)
     for row, expected in zip(table.to_dict(orient="records"), summary["prediction"]["rows"], strict=True):
@@ -666,7 +472,7 @@ def test_a_grid_of_one_worker_still_aggregates_without_a_prediction(tmp_path):
     paths, expected = write_grid(tmp_path / "runs", [1], [128], [0, 1])
     csv, js, pred = tmp_path / "summary.csv", tmp_path / "summary.json", tmp_path / "prediction.csv"
     args = ["--runs", *map(str, paths), "--expect", *expected, "--comm", "--csv", str(csv), "--json", str(js)]
-    assert agg.main([*args, "--prediction-csv", str(pred)]) == 0
+    assert main([*args, "--prediction-csv", str(pred)]) == 0
     summary = json.loads(js.read_text())
     assert summary["prediction"] is None
     assert "no world size of 2 or more" in summary["prediction_reason"]
@@ -677,7 +483,7 @@ def test_a_grid_of_one_worker_still_aggregates_without_a_prediction(tmp_path):
 def test_the_prediction_is_the_baselines_with_variants(tmp_path):
     paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=FACTORY_VARIANTS)
     comm = write_comm(tmp_path / "comm", [2])
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, expected, VARIANT_CONFIG, comm=comm)
+    result, _ = build_summary(paths, RUN_SCHEMA, expected, VARIANT_CONFIG, comm=comm)
     baseline = result["variants"]["baseline"]
     assert result["prediction"]["variant"] == baseline
     baseline_runs = [json.loads(p.read_text()) for p in paths if p.parent.name == baseline]
@@ -687,40 +493,12 @@ def test_the_prediction_is_the_baselines_with_variants(tmp_path):
     assert case["measured_step_time_s"] == pytest.approx(period)  # the baseline's runs, not the other variant's
 
 
-def test_bad_comm_file_and_bad_network_are_refused_with_the_fix(tmp_path):
-    paths, comm, config = predicted_study(tmp_path)
-    comm[0].write_text(json.dumps({"world_size": 2}))
-    with pytest.raises(agg.AggregateError, match=r"is not a ddpbench.commbench output .* rerun its job"):
-        agg.aggregate(paths, RUN_SCHEMA, comm=comm)
-    reserved = {
-        **agg.load_config(config),
-        "predict": {"networks": {"measured": {"bandwidth_gbit": 1, "latency_us": 0}}},
-    }
-    comm[0].write_text(json.dumps(make_comm(2)))
-    with pytest.raises(agg.AggregateError, match=r"config predict.networks: .* reserved .* rename it"):
-        agg.aggregate(paths, RUN_SCHEMA, config=reserved, comm=comm)
-
-
 def test_timings_that_fit_no_model_leave_the_prediction_null_with_the_reason(tmp_path):
     paths, comm, config = predicted_study(tmp_path)
     flat = make_comm(2)
     for point in flat["sweep"] + flat["buckets"]:
         point["median_s"] = 1e-3 / math.log2(16 * point["bytes"])  # larger messages faster: no bandwidth to fit
     comm[0].write_text(json.dumps(flat))
-    result, _ = agg.aggregate(paths, RUN_SCHEMA, comm=comm)
+    result, _ = build_summary(paths, RUN_SCHEMA, comm=comm)
     assert result["prediction"] is None
     assert result["prediction_reason"].startswith("the scaling model could not be fitted: the timings do not grow")
-
-
-def test_an_emulated_link_is_compared_with_its_defaults_filled_in(tmp_path):
-    """The config may leave latency_us out; the run records the link with it (0)."""
-    config = {**GRID_CONFIG, "train": {**GRID_CONFIG["train"], "emulate_network": {"bandwidth_gbit": 1}}}
-    link = {"bandwidth_gbit": 1.0, "latency_us": 0.0}
-    paths, expected = write_grid(tmp_path / "ok", [1, 2], [128], [0, 1], config_overrides={"emulate_network": link})
-    agg.aggregate(paths, RUN_SCHEMA, expected, config)
-    other = {"bandwidth_gbit": 1.0, "latency_us": 50.0}
-    paths, expected = write_grid(tmp_path / "bad", [1, 2], [128], [0, 1], config_overrides={"emulate_network": other})
-    with pytest.raises(
-        agg.AggregateError, match=r"config.emulate_network is .*latency_us': 50.0.* train.emulate_network"
-    ):
-        agg.aggregate(paths, RUN_SCHEMA, expected, config)

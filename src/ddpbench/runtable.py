@@ -1,0 +1,118 @@
+"""The per-run table the summary is built from: one row per checked run (ddpbench.runs), its paired
+speedup and efficiency, the grid's runs without a result, and tables as JSON records."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ddpbench.runs import EXPECTED_NAME, RunsError, run_name
+from ddpbench.stats import paired_ratio
+
+
+def run_row(run: dict) -> dict:
+    """The numbers of one run that the summary and the report need."""
+    cfg, tot, env = run["config"], run["totals"], run["environment"]
+    step, data, train = tot["step_time_s"], tot["data_time_s"], tot["train_time_s"]
+    lock = env.get("timing_lock")
+    return {
+        "variant": run.get("_variant", ""),
+        "world_size": cfg["world_size"],
+        "batch_size": cfg["batch_size"],
+        "seed": cfg["seed"],
+        "global_batch_size": cfg["global_batch_size"],
+        "nnodes": cfg["nnodes"],
+        "threads_per_worker": cfg["threads_per_worker"],
+        "train_time_s": train,
+        "train_loop_s": tot["train_loop_s"],
+        "eval_time_s": tot["eval_time_s"],
+        "data_time_s": data,
+        "compute_time_s": tot["compute_time_s"] if tot["compute_time_s"] is not None else step,
+        "comm_exposed_time_s": tot["comm_exposed_time_s"],
+        "other_time_s": max(train - data - step, 0.0),
+        "throughput_img_s": tot["throughput_img_s"],
+        "test_acc": tot["final_test_acc"],
+        "test_loss": tot["final_test_loss"],
+        "time_to_target_s": tot["time_to_target_s"],
+        "peak_rss_max_bytes": tot["peak_rss_bytes_max"],
+        "hostnames": ",".join(env["hostnames"]),
+        "path": run.get("_path"),
+        "name": run_name(cfg["world_size"], cfg["batch_size"], cfg["seed"], run.get("_variant")),
+        "startup_s": tot.get("process_start_to_first_step_s"),
+        "lock_wait_s": lock["wait_s"] if lock else None,
+        "started_utc": run["timestamps"]["started_utc"],
+        "finished_utc": run["timestamps"]["finished_utc"],
+    }
+
+
+def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame:
+    """One row per run, sorted by variant (in ``order``), batch size, world size and seed."""
+    df = pd.DataFrame([run_row(run) for run in runs])
+    if df.empty:
+        raise RunsError("no runs to aggregate: results/runs/ holds no run JSON")
+    for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s"):
+        df[column] = df[column].astype(float)  # None -> NaN
+    dup = df.duplicated(["variant", "world_size", "batch_size", "seed"], keep=False)
+    if dup.any():
+        raise RunsError(
+            f"more than one run for the same (world_size, batch_size, seed): {sorted(df.loc[dup, 'path'])}; "
+            "runs of different variants belong in results/runs/<variant>/ with grid.variants in --config"
+        )
+    rank = {name: i for i, name in enumerate(order or [])}
+    return df.sort_values(
+        ["variant", "batch_size", "world_size", "seed"],
+        key=lambda column: column.map(rank) if column.name == "variant" else column,
+    ).reset_index(drop=True)
+
+
+def group_label(variant: str, batch_size: int) -> str:
+    return (f"variant {variant}, " if variant else "") + f"batch size {batch_size}"
+
+
+def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-run speedup against the same seed's one-worker run of the same variant and batch size.
+
+    A seed without its own one-worker run is compared with the mean one-worker time.
+    """
+    base = df[df.world_size == 1]
+    groups = set(zip(df.variant, df.batch_size, strict=True))
+    missing = sorted(groups - set(zip(base.variant, base.batch_size, strict=True)))
+    if missing:
+        shown = [bs for _, bs in missing] if not any(v for v, _ in missing) else [group_label(*m) for m in missing]
+        raise RunsError(
+            f"no world size 1 run for batch size(s) {shown}: speedup needs the one-worker baseline; "
+            "add 1 to grid.world_sizes"
+        )
+    by_seed = base.set_index(["variant", "batch_size", "seed"]).train_time_s
+    mean_by_group = base.groupby(["variant", "batch_size"]).train_time_s.mean()
+    t1 = [
+        by_seed.get((v, bs, seed), mean_by_group[(v, bs)])
+        for v, bs, seed in zip(df.variant, df.batch_size, df.seed, strict=True)
+    ]
+    df = df.copy()
+    df["speedup"] = paired_ratio(t1, df.train_time_s)
+    df["efficiency"] = df.speedup / df.world_size
+    return df
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON values: NaN becomes null, numpy scalars become Python's, no variant ("") null."""
+    out = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    for row in out:
+        if row.get("variant") == "":
+            row["variant"] = None
+    return out
+
+
+def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
+    """The expected runs without a result; each names its variant only in a study with variants."""
+    present = {(r.variant, r.world_size, r.batch_size, r.seed) for r in runs.itertuples()}
+    missing = []
+    for name in expected:
+        m = EXPECTED_NAME.fullmatch(name)
+        if not m:
+            raise RunsError(f"expected run {name!r} is not named ws<W>_bs<B>_seed<S> or <variant>/ws<W>_bs<B>_seed<S>")
+        key = (int(m["world_size"]), int(m["batch_size"]), int(m["seed"]))
+        if (m["variant"] or "", *key) not in present:
+            found = dict(zip(("world_size", "batch_size", "seed"), key, strict=True))
+            missing.append({"variant": m["variant"], **found} if m["variant"] else found)
+    return missing
