@@ -1,7 +1,7 @@
 # The all-reduce timings the scaling prediction (ddpbench.predict, in summary.json) is fitted to:
 # one short ddpbench.commbench launch for all measured world sizes of 2 or more that run on one
 # node, launched as the largest one's runs are (emulated networks included) and timed alone like
-# them (COMM_FILES in common.smk: with grid.variants, the baseline's only).
+# them (ddpbench.plan.CommBench: with grid.variants, the baseline's only).
 
 # A short sweep around DDP's bucket sizes, plus the model's own buckets: seconds, most of them start-up.
 COMM_SIZES = "8,1024,65536,1048576,4194304,16777216"
