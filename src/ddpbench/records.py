@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ddpbench import machine
 from ddpbench.metrics import environment, mapped_file_memory, peak_rss_bytes, pss_bytes
 
 if TYPE_CHECKING:
@@ -139,10 +140,14 @@ def timing_lock() -> dict | None:
     return {"path": path, "wait_s": float(os.environ.get("DDPBENCH_TIMING_LOCK_WAIT_S", 0))} if path else None
 
 
-def environment_record(d: Dist, per_rank: list[dict], heap_retained: bool) -> dict:
-    """Where the run ran: the machine and software (ddpbench.metrics), every rank's host, and
-    what the launch arranged (the heap, the timing lock, an emulated link)."""
+def environment_record(
+    d: Dist, per_rank: list[dict], heap_retained: bool, cpu_span: tuple[machine.CpuTimes | None, ...]
+) -> dict:
+    """Where the run ran: the machine and software (ddpbench.metrics), the state of rank 0's host
+    that moves timings (ddpbench.machine; steal time over ``cpu_span``, the training loop), every
+    rank's host, and what the launch arranged (the heap, the timing lock, an emulated link)."""
     env = environment(d.device, d.backend, d.threads, d.cores_available)
+    env.update(machine.state(*cpu_span, torch.__config__.show()))
     env.update(
         hostnames=sorted({r["hostname"] for r in per_rank}),
         heap_retained=heap_retained,

@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import batches as batches_mod
-from ddpbench import cache, heartbeat
+from ddpbench import cache, heartbeat, machine
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, SkipAllReduce, ddp_hook
 from ddpbench.distributed import Dist, die_with_launcher, init_distributed, retain_freed_memory
 from ddpbench.io import atomic_write_json, utc_now
@@ -365,9 +365,11 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
     started_utc = utc_now()
     s = set_up(options, d)
     first_step_time = time.time()
+    cpu_start = machine.cpu_times()
     epochs, loop_s, time_to_target = run_epochs(s)
+    cpu_span = (cpu_start, machine.cpu_times())
     per_rank = gather_objects(rank_facts(d, t_process, first_step_time))
-    env = environment_record(d, per_rank, heap_retained)
+    env = environment_record(d, per_rank, heap_retained, cpu_span)
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "ok",
