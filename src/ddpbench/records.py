@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ddpbench import machine
@@ -38,10 +39,64 @@ class EpochMeasure:
     step_s: float
     comm_busy_s: float | None
     comm_exposed_s: float | None
+    step_times_s: tuple[float, ...] = ()  # each step's data wait + step, on this rank's clock
+
+
+# The steps at the start of a run that the steady-state figures leave out: the one-off costs
+# (allocator growth, oneDNN primitives created, DDP rebuilding its buckets after the first
+# iteration) fall in the first few steps; 20 of them, at most a tenth of the run, covers those
+# and keeps nine tenths of the run in the figures.
+WARMUP_STEPS = 20
+
+
+def step_distribution(times: list[float] | tuple[float, ...]) -> dict:
+    """One rank's step times in one epoch: median, 5th and 95th percentile, maximum (seconds)."""
+    if not times:
+        return {"median_s": None, "p5_s": None, "p95_s": None, "max_s": None}
+    p5, median, p95 = np.percentile(times, [5, 50, 95])
+    return {"median_s": float(median), "p5_s": float(p5), "p95_s": float(p95), "max_s": float(max(times))}
+
+
+def step_record(per_rank: list[dict], rank0_times: tuple[float, ...]) -> dict:
+    """An epoch's step times: every rank's distribution, the skew (slowest rank's median over the
+    fastest's) and rank 0's full series."""
+    medians = [r["median_s"] for r in per_rank if r["median_s"]]
+    return {
+        "step_time_ranks": [{"rank": i, **r} for i, r in enumerate(per_rank)],
+        "step_skew": max(medians) / min(medians) if medians else None,
+        "step_times_s": list(rank0_times),
+    }
+
+
+def steady_state(epochs: list[dict]) -> dict:
+    """The run after its warm-up (pure): the first min(WARMUP_STEPS, a tenth of the steps) steps of
+    rank 0's series left out; what they cost beyond steady-state steps; the steady throughput is the
+    images of the remaining steps over their summed step times."""
+    series = [t for e in epochs for t in e.get("step_times_s", [])]
+    if len(series) < 2:
+        return {}
+    warmup = max(1, min(WARMUP_STEPS, len(series) // 10))
+    steady = series[warmup:]
+    images_per_step = sum(e["images"] for e in epochs) / len(series)
+    median = float(np.median(steady))
+    return {
+        "warmup_steps": warmup,
+        "warmup_time_s": sum(series[:warmup]),
+        "warmup_cost_s": sum(series[:warmup]) - warmup * median,
+        "steady_step_time_median_s": median,
+        "steady_throughput_img_s": images_per_step * len(steady) / sum(steady),
+        "step_skew_max": max((e["step_skew"] for e in epochs if e.get("step_skew")), default=None),
+    }
 
 
 def epoch_record(
-    epoch: int, m: EpochMeasure, test: tuple[float, float], eval_s: float, elapsed_s: float, train_time_max_s: float
+    epoch: int,
+    m: EpochMeasure,
+    test: tuple[float, float],
+    eval_s: float,
+    elapsed_s: float,
+    train_time_max_s: float,
+    step_ranks: list[dict] | None = None,
 ) -> dict:
     """The run JSON's record of one epoch (pure)."""
     test_loss, test_acc = test
@@ -65,6 +120,7 @@ def epoch_record(
         "elapsed_s": elapsed_s,
         # Rank 0's clock speaks for the run; the slowest rank's train time is recorded too.
         "train_time_max_s": train_time_max_s,
+        **(step_record(step_ranks, m.step_times_s) if step_ranks else {}),
     }
 
 
@@ -97,6 +153,7 @@ def run_totals(epochs: list[dict], loop_s: float, time_to_target: float | None) 
         "final_test_loss": epochs[-1]["test_loss"],
         "best_test_acc": max(e["test_acc"] for e in epochs),
         "time_to_target_s": time_to_target,
+        **steady_state(epochs),
     }
 
 

@@ -41,6 +41,7 @@ from ddpbench.records import (
     rank_facts,
     run_totals,
     start_up_totals,
+    step_distribution,
 )
 from ddpbench.step import autocast, sgd_step, step_model, tally
 
@@ -304,6 +305,7 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
         step_s=sum(s.clock.seconds(b, c) for _, b, c in marks),
         comm_busy_s=busy,
         comm_exposed_s=exposed,
+        step_times_s=tuple(s.clock.seconds(a, c) for a, _, c in marks),
     )
 
 
@@ -347,7 +349,9 @@ def run_epochs(s: Session) -> tuple[list[dict], float, float | None]:
         target = s.options.target_accuracy
         if time_to_target is None and target is not None and test_acc >= target:
             time_to_target = elapsed
-        record_ = epoch_record(epoch + 1, m, (test_loss, test_acc), eval_s, elapsed, max(gather_objects(m.train_s)))
+        ranks = gather_objects((m.train_s, step_distribution(m.step_times_s)))  # outside the timed loop
+        train_max = max(train_s for train_s, _ in ranks)
+        record_ = epoch_record(epoch + 1, m, (test_loss, test_acc), eval_s, elapsed, train_max, [r for _, r in ranks])
         epochs.append(record_)
         log.info(
             "Epoch [%d/%d] | Loss: %.4f | Train Acc: %.2f%% | Test Acc: %.2f%% | Time: %.1fs",
