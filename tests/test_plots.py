@@ -14,7 +14,7 @@ import matplotlib
 import pytest
 from runfactory import write_comm, write_grid
 
-from ddpbench import plots
+from ddpbench import plots, svg
 from ddpbench.summary import build_summary
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
@@ -43,8 +43,8 @@ def predicted(tmp_path_factory):
 
 def test_prediction_plot_continues_the_measured_speedup_per_network(predicted):
     _, made = predicted
-    svg = ET.fromstring(made["prediction"]["svg"])
-    texts = {"".join(t.itertext()).strip() for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    figure = ET.fromstring(made["prediction"]["svg"])
+    texts = {"".join(t.itertext()).strip() for t in figure.iter("{http://www.w3.org/2000/svg}text")}
     for label in (
         "network measured here (predicted), batch 64",
         "10GbE (predicted), batch 128",
@@ -52,7 +52,7 @@ def test_prediction_plot_continues_the_measured_speedup_per_network(predicted):
     ):
         assert label in texts
     assert {"measured here, batch 64", "measured here, batch 128", "1024", "ideal (S = W)"} <= texts
-    assert "stroke-dasharray" in ET.tostring(svg, encoding="unicode")  # the predicted curves are dashed
+    assert "stroke-dasharray" in ET.tostring(figure, encoding="unicode")  # the predicted curves are dashed
 
 
 def test_plots_are_standalone_svg_the_same_each_time(predicted):
@@ -63,18 +63,18 @@ def test_plots_are_standalone_svg_the_same_each_time(predicted):
     for plot in made.values():
         assert ET.fromstring(plot["svg"]).tag == "{http://www.w3.org/2000/svg}svg"
         assert "<dc:date>" not in plot["svg"] and "<metadata>" not in plot["svg"]
-    with matplotlib.rc_context(plots.SVG_STYLE):  # as make_plots builds each figure
-        again = plots.svg_text(plots.prediction_plot(summary["rows"], summary["prediction"]))
+    with matplotlib.rc_context(svg.SVG_STYLE):  # as make_plots builds each figure
+        again = svg.svg_text(plots.prediction_plot(summary["rows"], summary["prediction"]))
     assert again == made["prediction"]["svg"]  # same summary, same file: clip-path ids included
 
 
 def test_inline_svg_drops_the_prolog_and_prefixes_ids():
-    svg = (
+    document = (
         '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg>\n'
         '<svg><defs><clipPath id="p1"><rect/></clipPath></defs>'
         '<g clip-path="url(#p1)"><use xlink:href="#p1"/></g></svg>'
     )
-    assert plots.inline_svg(svg, "speedup") == (
+    assert svg.inline_svg(document, "speedup") == (
         '<svg><defs><clipPath id="speedup-p1"><rect/></clipPath></defs>'
         '<g clip-path="url(#speedup-p1)"><use xlink:href="#speedup-p1"/></g></svg>'
     )

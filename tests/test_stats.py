@@ -120,3 +120,98 @@ def test_amdahl_fit_ignores_world_size_one_and_nan():
     assert stats.amdahl_fit([1, 1], [1.0, 1.0]) is None
     assert stats.amdahl_fit([1, 2, 4], [1.0, math.nan, math.nan]) is None
     assert stats.amdahl_fit([], []) is None
+
+
+# --------------------------------------------------------------------------- estimates with their n
+
+
+def test_mean_interval_is_the_t_interval_with_its_n_from_three_values():
+    values = [12.0, 10.0, 9.0, math.nan]
+    estimate = stats.mean_interval(values)
+    assert estimate.value == pytest.approx(31 / 3) and estimate.n == 3
+    assert (estimate.low, estimate.high) == pytest.approx(reference_interval([12.0, 10.0, 9.0]), rel=1e-12)
+    for few, n in (([4.0, 5.0], 2), ([4.0], 1)):
+        estimate = stats.mean_interval(few)
+        assert estimate.n == n and estimate.value == pytest.approx(sum(few) / n)
+        assert math.isnan(estimate.low) and math.isnan(estimate.high)  # no t(1) interval of +- 12.7 se
+    assert stats.mean_interval([]).n == 0 and math.isnan(stats.mean_interval([]).value)
+
+
+def test_geometric_mean_interval_is_scipys_gmean_and_the_t_interval_of_the_logs():
+    ratios = [1.5, 2.0, 1.5, 1.2]
+    estimate = stats.geometric_mean_interval(ratios)
+    assert estimate.value == pytest.approx(sp.gmean(ratios), rel=1e-12) and estimate.n == 4
+    low, high = reference_interval(np.log(ratios))
+    assert (estimate.low, estimate.high) == pytest.approx((math.exp(low), math.exp(high)), rel=1e-12)
+    assert estimate.low < estimate.value < estimate.high and estimate.low > 0
+
+
+def test_geometric_mean_interval_by_hand_and_inverted():
+    """1.5, 2, 1.5: gmean 4.5 ** (1/3); the logs' sd / sqrt(3) is ln(4/3) / 3. The interval of 1 / r is
+    that of r inverted, so a time ratio and its speedup agree (an arithmetic interval can cross 0)."""
+    estimate = stats.geometric_mean_interval([1.5, 2.0, 1.5])
+    factor = (4 / 3) ** (T975_2 / 3)
+    assert tuple(estimate[:3]) == pytest.approx((4.5 ** (1 / 3), 4.5 ** (1 / 3) / factor, 4.5 ** (1 / 3) * factor))
+    inverse = stats.geometric_mean_interval([1 / 1.5, 1 / 2.0, 1 / 1.5])
+    assert (inverse.value, inverse.low, inverse.high) == pytest.approx(
+        (1 / estimate.value, 1 / estimate.high, 1 / estimate.low), rel=1e-12
+    )
+
+
+def test_geometric_mean_interval_of_few_or_no_ratios():
+    two = stats.geometric_mean_interval([1.0, 4.0, math.nan])
+    assert (two.value, two.n) == (2.0, 2) and math.isnan(two.low) and math.isnan(two.high)
+    none = stats.geometric_mean_interval([math.nan])
+    assert none.n == 0 and math.isnan(none.value)
+    assert stats.geometric_mean_interval([1.0, 1.0, 1.0])[:3] == (1.0, 1.0, 1.0)
+
+
+def test_pooled_rate_is_the_harmonic_mean_of_equal_amounts():
+    rates = np.array([3072.0, 1024.0, 2048.0])
+    assert stats.pooled_rate([6144] * 3, 6144 / rates) == pytest.approx(sp.hmean(rates), rel=1e-12)
+    assert stats.pooled_rate([100, 300], [1.0, 2.0]) == pytest.approx(400 / 3)  # total over total
+    assert math.isnan(stats.pooled_rate([], []))
+
+
+# --------------------------------------------------------------------------- tests and their correction
+
+
+def test_paired_t_test_is_scipys_ttest_rel():
+    a, b = [12.0, 10.0, 9.0, 11.0], [8.0, 5.0, 6.0, 7.5]
+    p, n = stats.paired_t_test(a, b)
+    assert n == 4 and p == pytest.approx(sp.ttest_rel(a, b).pvalue, rel=1e-12)
+    p, _ = stats.paired_t_test(a, b, log=True)
+    assert p == pytest.approx(sp.ttest_1samp(np.log(np.divide(a, b)), 0.0).pvalue, rel=1e-12)
+
+
+def test_paired_t_test_by_hand():
+    """Differences 1, 2, 3: mean 2, sd 1, t = 2 sqrt(3) with 2 degrees of freedom."""
+    p, n = stats.paired_t_test([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert n == 3 and p == pytest.approx(2 * sp.t.sf(2 * math.sqrt(3), 2), rel=1e-12)
+
+
+def test_paired_t_test_needs_three_pairs_and_handles_no_spread():
+    p, n = stats.paired_t_test([1.0, 2.0, math.nan, 4.0], [0.5, math.nan, 1.0, 3.0])
+    assert n == 2 and math.isnan(p)
+    assert stats.paired_t_test([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == (0.0, 3)  # the same difference each time
+    assert stats.paired_t_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == (1.0, 3)  # no difference at all
+
+
+def test_holm_by_hand():
+    """m = 4: sorted 0.005, 0.01, 0.03, 0.04 step to 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06,
+    then max(0.06, 1 x 0.04) = 0.06."""
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+
+
+def test_holm_more_examples_by_hand():
+    """The k-th smallest of m times m - k + 1, made non-decreasing, capped at 1: 5 x 0.01, 4 x 0.02,
+    3 x 0.03, then 0.09 holds; 3 x 0.2, then 2 x 0.5 and 0.9 capped at 1."""
+    p = [0.01, 0.02, 0.03, 0.04, 0.05]
+    np.testing.assert_allclose(stats.holm(p), [0.05, 0.08, 0.09, 0.09, 0.09], rtol=1e-12)
+    np.testing.assert_allclose(stats.holm([0.2, 0.5, 0.9]), [0.6, 1.0, 1.0], rtol=1e-12)
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    adjusted = stats.holm([0.01, math.nan, 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert stats.holm([]).shape == (0,) and math.isnan(stats.holm([math.nan])[0])

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import RUN_SCHEMA
 from runfactory import make_comm, make_run, write_comm, write_grid
+from scipy import stats as sp
 from test_runs import FACTORY_VARIANTS, GRID_CONFIG, VARIANT_CONFIG, predicted_study, variant_study, write_run
 
 from ddpbench.comparison import COMPARISON_COLUMNS
@@ -33,29 +34,44 @@ def per_seed(paths, variant, ws, key):
 
 
 def test_known_answer_speedup_interval_and_karp_flatt(tmp_path):
-    """Three seeds at W = 1 and 2 with chosen times, every number worked out by hand."""
+    """Three seeds at W = 1 and 2 with chosen times, one thread per worker, every number worked out by hand."""
     times = {(1, 0): 12.0, (1, 1): 10.0, (1, 2): 9.0, (2, 0): 8.0, (2, 1): 5.0, (2, 2): 6.0}
     paths = [
-        write_run(tmp_path, f"ws{ws}_bs128_seed{seed}", make_run(ws, 128, seed, train_time=t))
+        write_run(tmp_path, f"ws{ws}_bs128_seed{seed}", make_run(ws, 128, seed, train_time=t, threads=1))
         for (ws, seed), t in times.items()
     ]
     result, _ = build_summary(paths, RUN_SCHEMA)
     one, two = result["rows"]
     assert [r["speedup"] for r in result["runs"] if r["world_size"] == 2] == pytest.approx([1.5, 2.0, 1.5])
-    # Mean of the paired speedups 12/8, 10/5, 9/6 (the ratio of mean times would be 31/19 = 1.632).
-    assert two["speedup_mean"] == pytest.approx(5 / 3, rel=1e-12)
-    # sd (n - 1) of 1.5, 2, 1.5 is sqrt(1/12); sd / sqrt(3) = 1/6; t(0.975, 2) = 4.302652729911275.
-    half = 4.302652729911275 / 6
-    assert two["speedup_ci95_low"] == pytest.approx(5 / 3 - half, rel=1e-9)
-    assert two["speedup_ci95_high"] == pytest.approx(5 / 3 + half, rel=1e-9)
-    assert two["efficiency_mean"] == pytest.approx(5 / 6, rel=1e-12)
-    assert two["efficiency_ci95_low"] == pytest.approx((5 / 3 - half) / 2, rel=1e-9)
-    # Karp-Flatt (1/S - 1/W) / (1 - 1/W) = (0.6 - 0.5) / 0.5.
-    assert two["karp_flatt"] == pytest.approx(0.2, rel=1e-9)
+    # Geometric mean of the paired speedups 12/8, 10/5, 9/6: 4.5 ** (1/3) (their arithmetic mean would be
+    # 5/3, the ratio of mean times 31/19). The logs ln 1.5, ln 2, ln 1.5 deviate from their mean by -d/3, 2d/3,
+    # -d/3 with d = ln(4/3): sd = d / sqrt(3), sd / sqrt(3) = d / 3; t(0.975, 2) = 4.302652729911275.
+    gmean, factor = 4.5 ** (1 / 3), (4 / 3) ** (4.302652729911275 / 3)
+    assert two["speedup_mean"] == pytest.approx(gmean, rel=1e-12) and two["n_speedup"] == 3
+    assert two["speedup_ci95_low"] == pytest.approx(gmean / factor, rel=1e-9)
+    assert two["speedup_ci95_high"] == pytest.approx(gmean * factor, rel=1e-9)
+    assert two["efficiency_mean"] == pytest.approx(gmean / 2, rel=1e-12)
+    assert two["efficiency_ci95_low"] == pytest.approx(gmean / factor / 2, rel=1e-9)
+    # Karp-Flatt (1/S - 1/W) / (1 - 1/W) = 2 / S - 1.
+    assert two["karp_flatt"] == pytest.approx(2 / gmean - 1, rel=1e-9)
     # sd (n - 1) of 12, 10, 9: squared deviations from 31/3 sum to 42/9, over 2 is 7/3.
     assert one["train_time_std_s"] == pytest.approx(math.sqrt(7 / 3), rel=1e-12)
     assert one["speedup_mean"] == 1.0 and [one["speedup_ci95_low"], one["speedup_ci95_high"]] == [1.0, 1.0]
     assert one["karp_flatt"] is None
+    assert result["statistics"]["scaling_laws"] is None  # one thread per worker: the cores grow with W
+
+
+def test_throughput_is_total_images_over_total_time(tmp_path):
+    """Two runs of 6144 images in 2 s and 6 s: 12288 / 8 = 1536 img/s (the harmonic mean of 3072 and 1024),
+    not the arithmetic mean 2048."""
+    paths = [
+        write_run(tmp_path, f"ws1_bs128_seed{seed}", make_run(1, 128, seed, train_time=t))
+        for seed, t in ((0, 2.0), (1, 6.0))
+    ]
+    result, _ = build_summary(paths, RUN_SCHEMA)
+    (row,) = result["rows"]
+    assert [r["throughput_img_s"] for r in result["runs"]] == pytest.approx([3072.0, 1024.0])
+    assert row["throughput_mean_img_s"] == pytest.approx(1536.0, rel=1e-12)
 
 
 def test_speedup_is_paired_by_seed_and_varies_by_seed(tmp_path):
@@ -68,15 +84,29 @@ def test_speedup_is_paired_by_seed_and_varies_by_seed(tmp_path):
         assert run["speedup"] == pytest.approx(times[(1, run["seed"])] / times[(run["world_size"], run["seed"])])
     for row in result["rows"]:
         speedups = [r["speedup"] for r in result["runs"] if r["world_size"] == row["world_size"]]
-        assert row["speedup_mean"] == pytest.approx(sum(speedups) / 3)
+        assert row["speedup_mean"] == pytest.approx(math.prod(speedups) ** (1 / 3))  # geometric mean
         if row["world_size"] > 1:  # the seeds disagree, so the interval has a width
             assert row["speedup_ci95_high"] - row["speedup_ci95_low"] > 0.01
 
 
+def test_a_seed_without_its_one_worker_run_is_left_out_of_the_speedup(tmp_path):
+    """Seed 2 has no W = 1 run: its W = 2 and 4 runs get no speedup (not one against the other seeds' mean
+    one-worker time), the speedup is over seeds 0 and 1 only (n = 2: no interval), and the summary names them."""
+    result, _, paths = summary_for(tmp_path, skip={(1, 128, 2)})
+    runs = {(r["world_size"], r["seed"]): r for r in result["runs"]}
+    assert runs[(2, 2)]["speedup"] is None and runs[(4, 2)]["efficiency"] is None
+    assert [(u["world_size"], u["seed"]) for u in result["speedup_unpaired"]] == [(2, 2), (4, 2)]
+    assert result["speedup_unpaired"][0]["name"] == "ws2_bs128_seed2"
+    two = next(r for r in result["rows"] if r["world_size"] == 2)
+    assert two["n_seeds"] == 3 and two["n_speedup"] == 2
+    assert two["speedup_mean"] == pytest.approx(math.sqrt(runs[(2, 0)]["speedup"] * runs[(2, 1)]["speedup"]))
+    assert two["speedup_ci95_low"] is None and two["speedup_ci95_high"] is None
+
+
 def test_amdahl_fit_recovers_the_serial_fraction(tmp_path):
-    """Times that follow Amdahl's law exactly, T(W) = 10 (0.2 + 0.8 / W): the fit finds f = 0.2."""
+    """Times that follow Amdahl's law exactly, T(W) = 10 (0.2 + 0.8 / W), one thread per worker: f = 0.2."""
     paths = [
-        write_run(tmp_path, f"ws{ws}_bs128_seed0", make_run(ws, 128, 0, train_time=10 * (0.2 + 0.8 / ws)))
+        write_run(tmp_path, f"ws{ws}_bs128_seed0", make_run(ws, 128, 0, train_time=10 * (0.2 + 0.8 / ws), threads=1))
         for ws in (1, 2, 4, 8)
     ]
     result, _ = build_summary(paths, RUN_SCHEMA)
@@ -84,9 +114,43 @@ def test_amdahl_fit_recovers_the_serial_fraction(tmp_path):
     assert [r["karp_flatt"] for r in result["rows"][1:]] == pytest.approx([0.2, 0.2, 0.2])
 
 
+def test_with_the_cores_fixed_there_is_no_karp_flatt_or_amdahl_fit(tmp_path):
+    """The factory splits 8 cores among the ranks: W = 1 already had them all."""
+    result, _, _ = summary_for(tmp_path)
+    assert result["resource_model"]["kind"] == "cores_fixed"
+    assert all(r["karp_flatt"] is None for r in result["rows"])
+    assert result["amdahl_serial_fraction"] == {128: None}
+    laws = result["statistics"]["scaling_laws"]
+    assert laws["left_out"] == [None] and "already used every core" in laws["reason"]
+
+
 def test_a_single_seed_has_no_interval(tmp_path):
     result, _, _ = summary_for(tmp_path, seeds=(0,))
     assert all(row["speedup_ci95_low"] is None and row["test_acc_std"] is None for row in result["rows"])
+    assert all(row["n_speedup"] == 1 and row["speedup_mean"] is not None for row in result["rows"])
+    assert all(h["acc_change_ci95_low"] is None and h["n_acc_change"] == 1 for h in result["headlines"])
+    json.dumps(result, allow_nan=False)  # no NaN anywhere: intervals are null
+
+
+def test_two_seeds_give_values_but_no_t1_interval(tmp_path):
+    result, _, _ = summary_for(tmp_path, seeds=(0, 1))
+    for row in result["rows"]:
+        assert row["n_speedup"] == 2 and row["speedup_mean"] is not None and row["test_acc_mean"] is not None
+        assert [row[k] for k in ("speedup_ci95_low", "efficiency_ci95_high", "test_acc_ci95_low")] == [None] * 3
+
+
+def test_time_to_target_counts_every_run(tmp_path):
+    """Seed 0's run at W = 4 never reached the target: no mean that drops it, and the count says 2 of 3."""
+    paths, expected = write_grid(tmp_path, [1, 4], [128], [0, 1, 2])
+    for path in paths:
+        run = json.loads(path.read_text())
+        if (run["config"]["world_size"], run["config"]["seed"]) == (4, 0):
+            run["totals"]["time_to_target_s"] = None
+            path.write_text(json.dumps(run))
+    result, _ = build_summary(paths, RUN_SCHEMA, expected)
+    one, four = result["rows"]
+    assert (one["n_reached_target"], one["n_seeds"]) == (3, 3) and one["time_to_target_mean_s"] is not None
+    assert (four["n_reached_target"], four["n_seeds"]) == (2, 3) and four["time_to_target_mean_s"] is None
 
 
 def test_grid_without_world_size_one_is_an_error(tmp_path):
@@ -115,14 +179,24 @@ def test_headlines_curves_and_method_facts(tmp_path):
             "base_ws": 1,
             "largest_ws": 4,
             "best_speedup": best["speedup_mean"],
+            "best_speedup_ci95_low": best["speedup_ci95_low"],
+            "best_speedup_ci95_high": best["speedup_ci95_high"],
+            "best_n": 3,
             "best_ws": best["world_size"],
             "speedup_largest": rows[4]["speedup_mean"],
             "efficiency_largest": rows[4]["efficiency_mean"],
+            "efficiency_largest_ci95_low": rows[4]["efficiency_ci95_low"],
+            "efficiency_largest_ci95_high": rows[4]["efficiency_ci95_high"],
+            "n_largest": 3,
             "threads_base": 8,
             "threads_largest": 2,
             "acc_base": rows[1]["test_acc_mean"],
             "acc_largest": rows[4]["test_acc_mean"],
-            "acc_change": pytest.approx(-4.0),  # the factory's accuracy falls by 2 points per doubling
+            # The factory's accuracy falls by 2 points per doubling, on every seed: no spread.
+            "acc_change": pytest.approx(-4.0),
+            "acc_change_ci95_low": pytest.approx(-4.0),
+            "acc_change_ci95_high": pytest.approx(-4.0),
+            "n_acc_change": 3,
         }
     ]
     # Factory accuracy 30 + 10 e - 2 log2(W) + seed: the mean over seeds 0, 1, 2 adds 1.
@@ -144,6 +218,18 @@ def test_headlines_curves_and_method_facts(tmp_path):
     }  # ws4 seed 2 ends last
     assert result["overlaps"] == []
     assert "seed" not in result["shared_run_config"] and result["shared_run_config"]["epochs"] == 3
+
+
+def test_headline_accuracy_change_is_paired_by_seed(tmp_path):
+    """Seed 2 lacks its W = 4 run: the change is over seeds 0 and 1 only, both ends over those seeds,
+    not the W = 4 mean of two seeds minus the W = 1 mean of three (which the seed offset would bias)."""
+    result, _, _ = summary_for(tmp_path, skip={(4, 128, 2)})
+    (h,) = result["headlines"]
+    assert h["n_acc_change"] == 2 and h["acc_change"] == pytest.approx(-4.0)
+    assert h["acc_base"] == pytest.approx(60.5) and h["acc_largest"] == pytest.approx(56.5)  # seeds 0 and 1
+    assert h["acc_change_ci95_low"] is None  # n = 2: no interval
+    rows = {r["world_size"]: r for r in result["rows"]}
+    assert rows[4]["test_acc_mean"] - rows[1]["test_acc_mean"] == pytest.approx(-4.5)  # unpaired would say
 
 
 def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
@@ -276,33 +362,70 @@ def test_known_answer_throughput_ratio_time_to_target_and_accuracy_difference(tm
     result, _ = build_summary(paths, RUN_SCHEMA, expected)
     base, fast = result["rows"]
     assert (base["variant"], fast["variant"]) == ("base", "fast") and result["variants"]["baseline"] == "base"
-    # Throughput 6144 images / time: the ratios are 12/8, 10/5, 9/6 = 1.5, 2, 1.5, as in the speedup test.
-    half = 4.302652729911275 / 6  # t(0.975, 2) * sd / sqrt(3), sd = sqrt(1/12)
+    # Throughput 6144 images / time: the ratios are 12/8, 10/5, 9/6 = 1.5, 2, 1.5, as in the speedup test:
+    # geometric mean 4.5 ** (1/3), interval gmean * (4/3) ** (+- t(0.975, 2) / 3).
+    gmean, factor = 4.5 ** (1 / 3), (4 / 3) ** (4.302652729911275 / 3)
     assert fast["n_pairs_vs_baseline"] == 3
-    assert fast["throughput_ratio_vs_baseline"] == pytest.approx(5 / 3, rel=1e-9)
-    assert fast["throughput_ratio_ci95_low"] == pytest.approx(5 / 3 - half, rel=1e-9)
-    assert fast["throughput_ratio_ci95_high"] == pytest.approx(5 / 3 + half, rel=1e-9)
+    assert fast["throughput_ratio_vs_baseline"] == pytest.approx(gmean, rel=1e-9)
+    assert fast["throughput_ratio_ci95_low"] == pytest.approx(gmean / factor, rel=1e-9)
+    assert fast["throughput_ratio_ci95_high"] == pytest.approx(gmean * factor, rel=1e-9)
+    # The paired t-test of the log ratios: t = mean log / (d / 3) with d = ln(4/3), 2 degrees of freedom.
+    t = math.log(gmean) / (math.log(4 / 3) / 3)
+    assert fast["throughput_ratio_p"] == pytest.approx(2 * sp.t.sf(t, 2), rel=1e-9)
     # Accuracy differences -1, -2, -0.5: mean -7/6; squared deviations 1/36 + 25/36 + 16/36, over 2 is
     # 7/12; sd / sqrt(3) = sqrt(7) / 6.
     half = 4.302652729911275 * math.sqrt(7) / 6
     assert fast["test_acc_diff_vs_baseline"] == pytest.approx(-7 / 6, rel=1e-9)
     assert fast["test_acc_diff_ci95_low"] == pytest.approx(-7 / 6 - half, rel=1e-9)
     assert fast["test_acc_diff_ci95_high"] == pytest.approx(-7 / 6 + half, rel=1e-9)
-    # Time to target: only seeds 0 and 1 pair, 9/9 and 6/8: mean 0.875, sd sqrt(0.03125), sd / sqrt(2)
-    # = 0.125, t(0.975, 1) = 12.706204736174707.
+    assert fast["test_acc_diff_p"] == pytest.approx(2 * sp.t.sf((7 / 6) / (math.sqrt(7) / 6), 2), rel=1e-9)
+    # Time to target: only seeds 0 and 1 pair, 9/9 and 6/8: geometric mean sqrt(0.75); two pairs give no
+    # interval and no test.
     assert fast["n_pairs_reached_target"] == 2
-    assert fast["time_to_target_ratio_vs_baseline"] == pytest.approx(0.875, rel=1e-12)
-    assert fast["time_to_target_ratio_ci95_low"] == pytest.approx(0.875 - 12.706204736174707 * 0.125, rel=1e-9)
-    assert fast["time_to_target_ratio_ci95_high"] == pytest.approx(0.875 + 12.706204736174707 * 0.125, rel=1e-9)
-    # The baseline against itself: ratio 1 and difference 0, without spread.
+    assert fast["time_to_target_ratio_vs_baseline"] == pytest.approx(math.sqrt(0.75), rel=1e-12)
+    assert [fast[f"time_to_target_ratio_{k}"] for k in ("ci95_low", "ci95_high", "p", "p_holm")] == [None] * 4
+    # Holm over the two tests (p about 0.035 and 0.118): 2 x the smaller, then the larger (at least that).
+    small = 2 * fast["throughput_ratio_p"]
+    assert fast["throughput_ratio_p_holm"] == pytest.approx(small, rel=1e-12)
+    assert fast["test_acc_diff_p_holm"] == pytest.approx(max(small, fast["test_acc_diff_p"]), rel=1e-12)
+    assert not any(fast[f"{name}_marked"] for name in ("throughput_ratio", "time_to_target_ratio", "test_acc_diff"))
+    assert result["variants"]["tests"]["n_tests"] == 2
+    assert result["variants"]["tests"]["min_effect"] == {
+        "throughput": 0.02,
+        "time_to_target": 0.02,
+        "accuracy_points": 0.5,
+    }
+    # The baseline against itself: ratio 1 and difference 0, without spread, and not tested.
     assert [base[k] for k in ("throughput_ratio_vs_baseline", "throughput_ratio_ci95_low")] == [1.0, 1.0]
     assert [base[k] for k in ("time_to_target_ratio_vs_baseline", "n_pairs_reached_target")] == [1.0, 3]
     assert [base[k] for k in ("test_acc_diff_vs_baseline", "test_acc_diff_ci95_high")] == [0.0, 0.0]
+    assert base["throughput_ratio_p"] is None and base["test_acc_diff_marked"] is False
     speed = result["variants"]["speed_vs_accuracy"]
     assert [s["variant"] for s in speed] == ["base", "fast"]
-    assert speed[1]["time_to_target_speedup"] == pytest.approx(1 / 0.875)
-    assert speed[1]["time_to_target_speedup_ci95_low"] == pytest.approx(1 / fast["time_to_target_ratio_ci95_high"])
+    assert speed[1]["time_to_target_speedup"] == pytest.approx(1 / math.sqrt(0.75))
+    assert speed[1]["time_to_target_speedup_ci95_low"] is None  # n = 2
     assert speed[1]["throughput_speedup"] == fast["throughput_ratio_vs_baseline"]
+    assert speed[1]["throughput_speedup_ci95_low"] == pytest.approx(gmean / factor, rel=1e-9)
+
+
+def test_a_cell_is_marked_only_where_the_corrected_test_and_the_effect_size_agree(tmp_path):
+    """Three seeds, bf16 1.9x the throughput and half a point less accurate on every seed, fp16hook
+    1.01x: bf16's throughput and accuracy are marked; fp16hook's 1 % (give or take its jitter) is not."""
+    variants = {**FACTORY_VARIANTS, "fp16hook": {**FACTORY_VARIANTS["fp16hook"], "throughput_factor": 1.01}}
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1, 2], variants=variants)
+    config = {**VARIANT_CONFIG, "grid": {**VARIANT_CONFIG["grid"], "seeds": [0, 1, 2]}}
+    result, _ = build_summary(paths, RUN_SCHEMA, expected, config)
+    rows = {(r["variant"], r["world_size"]): r for r in result["rows"]}
+    for ws in (1, 2):
+        fp16, bf16 = rows[("fp16hook", ws)], rows[("bf16", ws)]
+        assert fp16["throughput_ratio_p_holm"] is not None and not fp16["throughput_ratio_marked"]
+        assert bf16["throughput_ratio_marked"] and bf16["test_acc_diff_marked"]
+        assert bf16["throughput_ratio_p_holm"] >= bf16["throughput_ratio_p"]
+    # A larger minimum effect unmarks bf16's accuracy: half a point is below 1.
+    config["report"] = {"min_effect": {"accuracy_points": 1.0}}
+    result, _ = build_summary(paths, RUN_SCHEMA, expected, config)
+    assert not any(r["test_acc_diff_marked"] for r in result["rows"])
+    assert result["variants"]["tests"]["min_effect"]["accuracy_points"] == 1.0
 
 
 def test_variant_rows_speedup_within_a_variant_and_ratios_from_the_runs(tmp_path):
@@ -315,9 +438,10 @@ def test_variant_rows_speedup_within_a_variant_and_ratios_from_the_runs(tmp_path
         v, ws = row["variant"], row["world_size"]
         own = per_seed(paths, v, 1, "train_time_s")  # speedup against the variant's own W = 1
         times = per_seed(paths, v, ws, "train_time_s")
-        assert row["speedup_mean"] == pytest.approx(sum(own[s] / times[s] for s in (0, 1)) / 2)
+        assert row["speedup_mean"] == pytest.approx(math.sqrt(math.prod(own[s] / times[s] for s in (0, 1))))
         mine, base = per_seed(paths, v, ws, "throughput_img_s"), per_seed(paths, "fp32", ws, "throughput_img_s")
-        assert row["throughput_ratio_vs_baseline"] == pytest.approx(sum(mine[s] / base[s] for s in (0, 1)) / 2)
+        ratio = math.sqrt(math.prod(mine[s] / base[s] for s in (0, 1)))  # geometric mean
+        assert row["throughput_ratio_vs_baseline"] == pytest.approx(ratio)
         assert row["n_pairs_vs_baseline"] == 2
     bf16 = [r for r in result["rows"] if r["variant"] == "bf16"]
     assert all(r["test_acc_diff_vs_baseline"] == pytest.approx(-0.5) for r in bf16)

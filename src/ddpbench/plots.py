@@ -4,9 +4,7 @@ readies one for inside HTML; ``ddpbench.report`` lays them out."""
 
 from __future__ import annotations
 
-import io
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,31 +12,12 @@ from typing import Any
 import matplotlib
 import matplotlib.ticker
 import numpy as np
-from markupsafe import Markup
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ddpbench.predict import MEASURED_NETWORK
+from ddpbench.svg import SVG_STYLE, svg_text
 
-# Plot text is only numbers, fixed words and variant names, which report.load_summary holds to
-# VARIANT_NAME (letters, digits, "_", ".", "-"): no other run or config text goes into a figure,
-# so nothing user-controlled can reach the SVG as markup (or be mis-read as matplotlib mathtext).
-SVG_STYLE = {
-    "svg.fonttype": "none",  # text stays text; the browser's own sans-serif font renders it
-    "svg.hashsalt": "ddpbench",  # deterministic clip-path ids: same inputs, same file
-    "font.family": "sans-serif",
-    "font.size": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "#e3e6ea",
-    "grid.linewidth": 0.8,
-    "axes.edgecolor": "#6b7280",
-    "axes.titlesize": 10,
-    "axes.titleweight": "bold",
-    "legend.frameon": False,
-    "legend.fontsize": 8,
-}
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
 PARTS = [  # (label, colour) of the time breakdown, in stacking order
     ("data", "#60a5fa"),
@@ -181,7 +160,7 @@ def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
         "speedup_mean",
         lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
         "speedup T(1) / T(W)",
-        "Speedup (95 % CI across seeds)",
+        "Speedup (geometric mean, 95 % CI across seeds)",
         per_group=fit,
         ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"),
     )
@@ -211,7 +190,7 @@ def throughput_plot(rows: list[dict]) -> Figure:
         "throughput_mean_img_s",
         lambda g: np.nan_to_num(series(g, "throughput_std_img_s")),
         "training images / s",
-        "Throughput (± std across seeds)",
+        "Throughput (total images / total time, ± sd of the runs)",
         per_group=ideal,
     )
 
@@ -356,37 +335,15 @@ def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
     return fig
 
 
-def svg_text(fig: Figure) -> str:
-    """The figure as a standalone SVG document, without the date or RDF metadata block."""
-    buffer = io.StringIO()
-    with matplotlib.rc_context(SVG_STYLE):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    return buffer.getvalue()
-
-
-def inline_svg(svg: str, name: str) -> Markup:
-    """SVG markup for inside HTML: no XML prolog, and ids prefixed so two figures' clip paths
-    cannot collide. Safe to mark: matplotlib wrote it and escapes every text it draws."""
-    body = svg[svg.index("<svg") :]
-    body = re.sub(r'\bid="', f'id="{name}-', body)
-    body = body.replace("url(#", f"url(#{name}-").replace('href="#', f'href="#{name}-')
-    return Markup(body)
-
-
 def make_plots(summary: dict) -> list[dict]:
     """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
     rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
-    fits = ", ".join(
-        f"f = {a['f']:.3f} at " + (f"{a['variant']}, " if a["variant"] else "") + f"batch {a['batch_size']}"
-        for a in amdahl_list(amdahl)
-        if a["f"] is not None
-    )
     specs = [
         (
             "speedup",
             False,
-            "Speedup of the training time against one worker, ideal line and Amdahl fit "
-            f"(fitted serial fraction {fits or 'not available: one world size'}).",
+            "Speedup of the training time against one worker (geometric mean over the seeds, 95 % interval of the "
+            f"mean log speedup, none below 3 seeds), ideal line and {amdahl_caption(summary)}.",
             lambda: speedup_plot(rows, amdahl),
         ),
         (
@@ -427,6 +384,19 @@ def make_plots(summary: dict) -> list[dict]:
     return plots
 
 
+def amdahl_caption(summary: dict) -> str:
+    """What the speedup plot says of its Amdahl fit: the fitted serial fractions, or why there is none."""
+    fits = ", ".join(
+        f"f = {a['f']:.3f} at " + (f"{a['variant']}, " if a["variant"] else "") + f"batch {a['batch_size']}"
+        for a in amdahl_list(summary.get("amdahl_serial_fraction") or {})
+        if a["f"] is not None
+    )
+    laws = (summary.get("statistics") or {}).get("scaling_laws")
+    if laws:
+        return f"Amdahl fit ({fits + '; ' if fits else ''}none where {laws['reason']})"
+    return f"Amdahl fit (fitted serial fraction {fits or 'not available: one world size'})"
+
+
 def variant_specs(variants: dict | None) -> list[tuple]:
     """The Variants section's plot, when the study has variants."""
     if not variants:
@@ -434,7 +404,7 @@ def variant_specs(variants: dict | None) -> list[tuple]:
     baseline = variants["baseline"]
     caption = (
         f"Each variant against the baseline ({baseline}, at 1) at the same world size and batch size, paired by "
-        "seed (95 % CI). "
+        "seed: geometric mean with the 95 % interval of the mean log ratio (none below 3 pairs). "
         "Left: images per second; right: how much sooner it reaches the target accuracy. A variant above 1 on the "
         "left but not on the right trains faster per image but needs more epochs to reach the target."
     )

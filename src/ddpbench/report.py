@@ -24,8 +24,9 @@ import jinja2
 import yaml
 
 from ddpbench.io import atomic_write_text
-from ddpbench.plots import BATCH_MODE_WORDS, amdahl_list, by_group, inline_svg, make_plots
+from ddpbench.plots import BATCH_MODE_WORDS, amdahl_list, by_group, make_plots
 from ddpbench.runs import VARIANT_NAME, load_config, run_name
+from ddpbench.svg import inline_svg
 
 TEMPLATE = "report.html.j2"
 # Predicted efficiency is tabled at these world sizes (those up to predict.max_world_size).
@@ -51,6 +52,8 @@ SUMMARY_KEYS = (
     "variants",
     "prediction",
     "prediction_reason",
+    "speedup_unpaired",
+    "statistics",
 )
 # --------------------------------------------------------------------------- inputs
 
@@ -137,9 +140,12 @@ def raw(value: object) -> str:
     return "" if value is None else repr(value)
 
 
-def outside(low: float | None, high: float | None, null: float) -> bool:
-    """Whether a 95 % interval excludes ``null`` (1 for a ratio, 0 for a difference): a marked cell."""
-    return low is not None and high is not None and (low > null or high < null)
+def shows_scaling_laws(summary: dict) -> bool:
+    """Whether the study tables show Karp-Flatt and the Amdahl fit: not when every variant held the
+    cores fixed (summary.json's statistics.scaling_laws names those left out, and why)."""
+    laws = summary["statistics"]["scaling_laws"]
+    names = (summary["variants"] or {}).get("names") or [None]
+    return not laws or not set(names) <= set(laws["left_out"])
 
 
 def study_tables(rows: list[dict]) -> list[dict]:
@@ -172,7 +178,6 @@ def environment() -> jinja2.Environment:
     env.filters["raw"] = raw
     env.filters["when"] = when
     env.filters["listing"] = listing
-    env.globals["outside"] = outside
     return env
 
 
@@ -193,6 +198,8 @@ def render(
             summary=summary,
             tables=study_tables(summary["rows"]),
             amdahl=amdahl_list(summary.get("amdahl_serial_fraction") or {}),
+            stats=summary["statistics"],
+            laws=shows_scaling_laws(summary),
             config_source="workflow config"
             if config is not None
             else "options shared by every run (no --config given)",

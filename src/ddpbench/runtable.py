@@ -1,5 +1,6 @@
 """The per-run table the summary is built from: one row per checked run (ddpbench.runs), its paired
-speedup and efficiency, the grid's runs without a result, and tables as JSON records."""
+speedup and efficiency, the grid's runs without a result, the mean learning curves, and tables as
+JSON records."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def run_row(run: dict) -> dict:
         "compute_time_s": tot["compute_time_s"] if tot["compute_time_s"] is not None else step,
         "comm_exposed_time_s": tot["comm_exposed_time_s"],
         "other_time_s": max(train - data - step, 0.0),
+        "images": tot["images"],
         "throughput_img_s": tot["throughput_img_s"],
         "test_acc": tot["final_test_acc"],
         "test_loss": tot["final_test_loss"],
@@ -71,8 +73,8 @@ def group_label(variant: str, batch_size: int) -> str:
 def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
     """Per-run speedup against the same seed's one-worker run of the same variant and batch size.
 
-    A seed without its own one-worker run is compared with the mean one-worker time.
-    """
+    A seed without its own one-worker run has no speedup (NaN): it is left out of its setting's
+    speedup, not compared with the other seeds' one-worker time (unpaired_speedup lists it)."""
     base = df[df.world_size == 1]
     groups = set(zip(df.variant, df.batch_size, strict=True))
     missing = sorted(groups - set(zip(base.variant, base.batch_size, strict=True)))
@@ -82,16 +84,18 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
             f"no world size 1 run for batch size(s) {shown}: speedup needs the one-worker baseline; "
             "add 1 to grid.world_sizes"
         )
-    by_seed = base.set_index(["variant", "batch_size", "seed"]).train_time_s
-    mean_by_group = base.groupby(["variant", "batch_size"]).train_time_s.mean()
-    t1 = [
-        by_seed.get((v, bs, seed), mean_by_group[(v, bs)])
-        for v, bs, seed in zip(df.variant, df.batch_size, df.seed, strict=True)
-    ]
+    keys = ["variant", "batch_size", "seed"]
+    t1 = df[keys].merge(base[keys + ["train_time_s"]], on=keys, how="left", validate="many_to_one").train_time_s
     df = df.copy()
-    df["speedup"] = paired_ratio(t1, df.train_time_s)
+    df["speedup"] = paired_ratio(t1.to_numpy(float), df.train_time_s.to_numpy(float))
     df["efficiency"] = df.speedup / df.world_size
     return df
+
+
+def unpaired_speedup(df: pd.DataFrame) -> list[dict]:
+    """The runs left out of their setting's speedup: their seed has no one-worker run."""
+    left_out = df[df.speedup.isna()][["variant", "world_size", "batch_size", "seed", "name"]]
+    return records(left_out)
 
 
 def records(df: pd.DataFrame) -> list[dict]:
@@ -116,3 +120,44 @@ def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
             found = dict(zip(("world_size", "batch_size", "seed"), key, strict=True))
             missing.append({"variant": m["variant"], **found} if m["variant"] else found)
     return missing
+
+
+def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[dict]:
+    """Per (variant, batch size, world size): test accuracy and loss per epoch, averaged over seeds
+    (only the epochs every seed has)."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    epochs = pd.DataFrame(
+        [
+            {
+                "variant": r.get("_variant", ""),
+                "batch_size": r["config"]["batch_size"],
+                "world_size": r["config"]["world_size"],
+                "seed": r["config"]["seed"],
+                "epoch": e["epoch"],
+                "test_acc": e["test_acc"],
+                "test_loss": e["test_loss"],
+            }
+            for r in runs
+            for e in r["epochs"]
+        ]
+    )
+    out = []
+    groups = epochs.groupby(["variant", "batch_size", "world_size"], sort=True)
+    for (variant, bs, ws), g in sorted(groups, key=lambda item: (rank.get(item[0][0], 0), *item[0][1:])):
+        n_seeds = g.seed.nunique()
+        mean = g.groupby("epoch").agg(
+            test_acc=("test_acc", "mean"), test_loss=("test_loss", "mean"), n=("seed", "size")
+        )
+        mean = mean[mean.n == n_seeds]
+        out.append(
+            {
+                "variant": variant or None,
+                "batch_size": int(bs),
+                "world_size": int(ws),
+                "n_seeds": int(n_seeds),
+                "epoch": [int(e) for e in mean.index],
+                "test_acc": mean.test_acc.tolist(),
+                "test_loss": mean.test_loss.tolist(),
+            }
+        )
+    return out

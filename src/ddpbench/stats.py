@@ -1,18 +1,48 @@
 """The summary's statistics, as pure functions of numbers (no DataFrames): Student's t intervals
-of a mean, paired ratios and differences, the Karp-Flatt metric and the least-squares Amdahl fit.
+of a mean, the geometric mean of ratios with its interval on the log scale, pooled rates, paired
+ratios and differences, the paired t-test, Holm's correction, the Karp-Flatt metric and the
+least-squares Amdahl fit.
 
-Missing values are NaN: an interval leaves them out, a paired value is NaN where either side is.
+Missing values are NaN: an estimate leaves them out, a paired value is NaN where either side is.
+An estimate carries its n; below MIN_INTERVAL_N values it has no interval (and no test): a t
+interval of two values is +- 12.7 standard errors wide, which says nothing.
 tests/test_stats.py checks each against scipy.stats and numpy on known answers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
 from scipy.optimize import minimize_scalar
+
+# Fewest values an interval (or a test) is computed from.
+MIN_INTERVAL_N = 3
+CONFIDENCE = 0.95
+RATIO_METHOD = "geometric mean, with the 95 % Student's t interval of the mean log ratio (exponentiated)"
+MEAN_METHOD = "arithmetic mean, with the 95 % Student's t interval of the mean"
+RATIO_TEST = "paired t-test of the log ratios against 0 (scipy.stats.ttest_rel of the logs)"
+DIFFERENCE_TEST = "paired t-test of the differences against 0 (scipy.stats.ttest_rel)"
+CORRECTION = "Holm's step-down correction across the table's tested cells"
+
+
+class Estimate(NamedTuple):
+    """A value with its interval (NaN below MIN_INTERVAL_N values) and the n it is computed from."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+
+def present(values: Iterable[float]) -> np.ndarray:
+    """The values that are not NaN, as floats."""
+    values = np.asarray(list(values), dtype=float)
+    return values[~np.isnan(values)]
 
 
 def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -35,6 +65,70 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float
 def ci95(values: Iterable[float]) -> tuple[float, float]:
     """The 95 % Student's t interval of the mean across seeds (t_interval at 0.95)."""
     return t_interval(values, 0.95)
+
+
+def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Arithmetic mean of the values that are not NaN, with its Student's t interval from
+    MIN_INTERVAL_N values on (NaN below); a mean of NaN without any value."""
+    values = present(values)
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    low, high = t_interval(values, confidence) if n >= MIN_INTERVAL_N else (math.nan, math.nan)
+    return Estimate(mean, low, high, n)
+
+
+def geometric_mean_interval(ratios: Iterable[float], confidence: float = CONFIDENCE) -> Estimate:
+    """Geometric mean of the positive ratios that are not NaN (scipy.stats.gmean), with the t interval
+    of their mean log, exponentiated: always positive, and the interval of 1 / r is that of r inverted.
+    No interval below MIN_INTERVAL_N ratios."""
+    ratios = present(ratios)
+    ratios = ratios[ratios > 0]
+    if not len(ratios):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    logs = mean_interval(np.log(ratios), confidence)
+    return Estimate(float(stats.gmean(ratios)), math.exp(logs.low), math.exp(logs.high), logs.n)
+
+
+def pooled_rate(amounts: Iterable[float], durations: Iterable[float]) -> float:
+    """Total amount over total duration (images / s of a setting over all its runs): the harmonic mean
+    of the per-run rates weighted by each run's amount; NaN without any duration."""
+    total = float(np.sum(np.asarray(list(durations), dtype=float)))
+    return float(np.sum(np.asarray(list(amounts), dtype=float))) / total if total > 0 else math.nan
+
+
+def paired_t_test(values: Iterable[float], baseline: Iterable[float], log: bool = False) -> tuple[float, int]:
+    """(two-sided p-value, n) of the paired t-test (scipy.stats.ttest_rel) of values against baseline,
+    over the pairs where both are present; with ``log`` on their logarithms (a test of the log ratio).
+    NaN below MIN_INTERVAL_N pairs. Identical differences: p = 0 if they are not 0, else 1."""
+    a, b = np.asarray(list(values), dtype=float), np.asarray(list(baseline), dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if log:
+        a, b = np.log(a), np.log(b)
+    n = len(a)
+    if n < MIN_INTERVAL_N:
+        return math.nan, n
+    differences = a - b
+    if np.ptp(differences) == 0:  # scipy divides by a zero spread
+        return (0.0 if differences[0] != 0 else 1.0), n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical values: scipy warns, still answers
+        return float(stats.ttest_rel(a, b).pvalue), n
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values: the i-th smallest of m is max over j <= i of
+    (m - j + 1) p_(j), capped at 1. NaN stays NaN and is not one of the m tests."""
+    p = np.asarray(list(pvalues), dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    if not m:
+        return adjusted
+    order = tested[np.argsort(p[tested], kind="stable")]
+    steps = (m - np.arange(m)) * p[order]
+    adjusted[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
+    return adjusted
 
 
 def paired_ratio(values: Iterable[float], baseline: Iterable[float]) -> np.ndarray:

@@ -3,9 +3,11 @@
 learning curves, the resource model, machine, method, overlaps).
 
 Speedup is T(1)/T(W) on the training time (``totals.train_time_s``: training phases only,
-no evaluation), paired by seed at the same batch size; efficiency = speedup / W; the
-Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial fraction from the mean
-speedup. Confidence intervals use Student's t across seeds (ddpbench.stats).
+no evaluation), paired by seed at the same batch size (a seed without its one-worker run is left
+out, and listed), summarised as a geometric mean with the t interval of the mean log speedup;
+efficiency = speedup / W; the Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial
+fraction from the mean speedup (not where the cores were fixed). Throughput is total images over
+total time. Every interval carries its n and needs three values (ddpbench.stats).
 
 With variants (the config's grid.variants, or --expect names <variant>/ws<W>_bs<B>_seed<S>), a run's
 variant is its folder (results/runs/<variant>/...); speedup stays within a variant, and every variant
@@ -38,18 +40,39 @@ import yaml
 
 from ddpbench.comparison import (
     COMPARISON_COLUMNS,
+    MIN_EFFECT,
     PAIRED,
     VARIANT_DEFINITIONS,
     add_baseline_pairs,
     comparison,
+    comparison_tests,
+    mark_cells,
     variants_summary,
 )
-from ddpbench.conditions import machine, method, overlaps, resource_model, shared_run_config
+from ddpbench.conditions import machine, method, overlaps, resource_kind, resource_model, shared_run_config
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
 from ddpbench.predict import DEFAULT_MAX_WORLD_SIZE, parse_networks, predict_from_runs, prediction_csv
 from ddpbench.runs import RunsError, checked_runs, load_comm, load_config
-from ddpbench.runtable import add_speedup, expected_missing, records, runs_table
-from ddpbench.stats import amdahl_fit, ci95, karp_flatt
+from ddpbench.runtable import (
+    add_speedup,
+    expected_missing,
+    learning_curves,
+    records,
+    runs_table,
+    unpaired_speedup,
+)
+from ddpbench.stats import (
+    CONFIDENCE,
+    MEAN_METHOD,
+    MIN_INTERVAL_N,
+    RATIO_METHOD,
+    amdahl_fit,
+    geometric_mean_interval,
+    karp_flatt,
+    mean_interval,
+    paired_difference,
+    pooled_rate,
+)
 
 SUMMARY_COLUMNS = [
     "world_size",
@@ -64,6 +87,7 @@ SUMMARY_COLUMNS = [
     "speedup_mean",
     "speedup_ci95_low",
     "speedup_ci95_high",
+    "n_speedup",
     "efficiency_mean",
     "efficiency_ci95_low",
     "efficiency_ci95_high",
@@ -85,13 +109,20 @@ SUMMARY_COLUMNS = [
 ]
 DEFINITIONS = {
     "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
-    "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size (a seed without its own "
-    "one-worker run is compared with the mean one-worker time)",
-    "time_to_target": "mean over the runs that reached the target accuracy (n_reached_target of them)",
-    "efficiency": "speedup / world_size",
-    "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1",
-    "ci95": "mean +- t(0.975, n-1) * sd / sqrt(n) across seeds; empty for one seed",
-    "amdahl_serial_fraction": "f minimising the squared error of 1 / (f + (1 - f) / W) against mean speedup",
+    "throughput": "total training images / total training time over the setting's runs (the harmonic mean of "
+    "the per-run images per second); its spread (throughput_std_img_s) is the sd of the per-run rates",
+    "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size, summarised as a geometric mean "
+    "over the seeds (n_speedup of them); a seed without its own one-worker run is left out (speedup_unpaired)",
+    "time_to_target": "mean over the runs only when every run reached the target accuracy; otherwise empty, "
+    "with n_reached_target of n_seeds",
+    "efficiency": "speedup / world_size, its interval the speedup's divided by world_size",
+    "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1, and where the cores were fixed "
+    "(W = 1 already used every core: Karp-Flatt and Amdahl assume the cores grow with W)",
+    "ci95": f"a ratio (speedup, efficiency, every vs-baseline ratio): {RATIO_METHOD}; a value or difference "
+    f"(accuracy): {MEAN_METHOD}; empty below {MIN_INTERVAL_N} values (a t interval of two is +- 12.7 "
+    "standard errors)",
+    "amdahl_serial_fraction": "f minimising the squared error of 1 / (f + (1 - f) / W) against mean speedup; "
+    "null where the cores were fixed",
     "startup_s": "rank 0's process creation to its first training step (not part of train_time)",
     "lock_wait_s": "seconds the run waited for the host-wide timing lock before it started (empty without one)",
     "overlaps": "pairs of runs whose start-to-finish spans overlapped on a shared host (their timings interfere)",
@@ -112,11 +143,12 @@ PREDICTION_DEFINITIONS = {
 # --------------------------------------------------------------------------- the summary rows
 
 
-def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame) -> dict:
-    """The summary row of one (variant, world size, batch size) from its runs ``g``."""
+def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame, scaling_laws: bool = True) -> dict:
+    """The summary row of one (variant, world size, batch size) from its runs ``g``; without
+    ``scaling_laws`` (the cores were fixed) no Karp-Flatt metric."""
     train = g.train_time_s.sum()
-    speedup_ci, acc_ci = ci95(g.speedup), ci95(g.test_acc)
-    speedup_mean = g.speedup.mean()
+    speedup, acc = geometric_mean_interval(g.speedup), mean_interval(g.test_acc)
+    reached = int(g.time_to_target_s.notna().sum())
     return {
         "variant": variant,
         "world_size": ws,
@@ -126,21 +158,22 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame) -> dict:
         "train_time_mean_s": g.train_time_s.mean(),
         "train_time_std_s": g.train_time_s.std(ddof=1),
         "train_loop_mean_s": g.train_loop_s.mean(),
-        "throughput_mean_img_s": g.throughput_img_s.mean(),
+        "throughput_mean_img_s": pooled_rate(g.images, g.train_time_s),
         "throughput_std_img_s": g.throughput_img_s.std(ddof=1),
-        "speedup_mean": speedup_mean,
-        "speedup_ci95_low": speedup_ci[0],
-        "speedup_ci95_high": speedup_ci[1],
-        "efficiency_mean": speedup_mean / ws,
-        "efficiency_ci95_low": speedup_ci[0] / ws,
-        "efficiency_ci95_high": speedup_ci[1] / ws,
-        "test_acc_mean": g.test_acc.mean(),
+        "speedup_mean": speedup.value,
+        "speedup_ci95_low": speedup.low,
+        "speedup_ci95_high": speedup.high,
+        "n_speedup": speedup.n,
+        "efficiency_mean": speedup.value / ws,
+        "efficiency_ci95_low": speedup.low / ws,
+        "efficiency_ci95_high": speedup.high / ws,
+        "test_acc_mean": acc.value,
         "test_acc_std": g.test_acc.std(ddof=1),
-        "test_acc_ci95_low": acc_ci[0],
-        "test_acc_ci95_high": acc_ci[1],
-        "karp_flatt": karp_flatt(speedup_mean, ws),
-        "time_to_target_mean_s": g.time_to_target_s.mean(),
-        "n_reached_target": int(g.time_to_target_s.notna().sum()),
+        "test_acc_ci95_low": acc.low,
+        "test_acc_ci95_high": acc.high,
+        "karp_flatt": karp_flatt(speedup.value, ws) if scaling_laws else math.nan,
+        "time_to_target_mean_s": g.time_to_target_s.mean() if reached == len(g) else math.nan,
+        "n_reached_target": reached,
         # Shares of the training time (summed over seeds), for the step-time breakdown.
         "data_share": g.data_time_s.sum() / train,
         "compute_share": g.compute_time_s.sum() / train,
@@ -154,10 +187,17 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame) -> dict:
     }
 
 
+def cores_fixed(df: pd.DataFrame) -> list[str]:
+    """The variants ("" without variants) whose runs held the total cores fixed: W = 1 already used
+    every core, so Karp-Flatt and the Amdahl fit, which assume the cores grow with W, do not apply."""
+    return [v for v, g in df.groupby("variant", sort=False) if resource_kind(g) == "cores_fixed"]
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, batch size, world size), in the runs table's order."""
+    fixed = set(cores_fixed(df))
     groups = df.groupby(["variant", "batch_size", "world_size"], sort=False)
-    rows = [summary_row(v, ws, bs, g) for (v, bs, ws), g in groups]
+    rows = [summary_row(v, ws, bs, g, v not in fixed) for (v, bs, ws), g in groups]
     return pd.DataFrame(rows, columns=["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS])
 
 
@@ -169,11 +209,11 @@ def summary_columns(has_variants: bool) -> tuple[list[str], list[str]]:
     return SUMMARY_COLUMNS, ["variant", *SUMMARY_COLUMNS]
 
 
-def amdahl_fits(summary: pd.DataFrame) -> dict:
+def amdahl_fits(summary: pd.DataFrame, fixed: list[str]) -> dict:
     """The Amdahl serial fraction per batch size ({batch_size: f}); with variants per variant
-    ({variant: {batch_size: f}})."""
+    ({variant: {batch_size: f}}); None for the variants in ``fixed`` (cores fixed)."""
     fits = {
-        (v, int(bs)): amdahl_fit(g.world_size, g.speedup_mean)
+        (v, int(bs)): None if v in fixed else amdahl_fit(g.world_size, g.speedup_mean)
         for (v, bs), g in summary.groupby(["variant", "batch_size"], sort=False)
     }
     if all(v == "" for v, _ in fits):
@@ -184,75 +224,83 @@ def amdahl_fits(summary: pd.DataFrame) -> dict:
     return nested
 
 
+def scaling_laws(fixed: list[str]) -> dict | None:
+    """Why Karp-Flatt and the Amdahl fit are left out, and of which variants; None where they apply."""
+    if not fixed:
+        return None
+    return {
+        "left_out": [v or None for v in fixed],
+        "reason": "the cores were fixed: the one-worker run already used every core, while Karp-Flatt and "
+        "Amdahl's law assume each added worker brings its own",
+    }
+
+
 # --------------------------------------------------------------------------- what the report shows
 
 
-def headlines(summary: pd.DataFrame) -> list[dict]:
+def interval(prefix: str, estimate) -> dict:
+    """An estimate as summary.json's keys: prefix, prefix_ci95_low/_high."""
+    return {prefix: estimate.value, f"{prefix}_ci95_low": estimate.low, f"{prefix}_ci95_high": estimate.high}
+
+
+def accuracy_change(runs: pd.DataFrame, base_ws: int, largest_ws: int):
+    """The test-accuracy change from base_ws to largest_ws, paired by seed: (mean of both over the
+    paired seeds, and the mean difference with its interval and n)."""
+    base = runs[runs.world_size == base_ws].set_index("seed").test_acc
+    largest = runs[runs.world_size == largest_ws].set_index("seed").test_acc
+    both = base.index.intersection(largest.index)
+    change = mean_interval(paired_difference(largest[both], base[both]))
+    return base[both].mean(), largest[both].mean(), change
+
+
+def headline(g: pd.DataFrame, runs: pd.DataFrame) -> dict:
+    """The headline of one (variant, batch size): its summary rows ``g`` by world size and its runs."""
+    base, largest = g.iloc[0], g.iloc[-1]  # the summary is sorted by world size within a group
+    best = g.loc[g.speedup_mean.idxmax()] if g.speedup_mean.notna().any() else base
+    acc_base, acc_largest, change = accuracy_change(runs, int(base.world_size), int(largest.world_size))
+    return {
+        "variant": base.variant,
+        "batch_size": int(base.batch_size),
+        "base_ws": int(base.world_size),
+        "largest_ws": int(largest.world_size),
+        "best_speedup": best.speedup_mean,
+        "best_speedup_ci95_low": best.speedup_ci95_low,
+        "best_speedup_ci95_high": best.speedup_ci95_high,
+        "best_n": int(best.n_speedup),
+        "best_ws": int(best.world_size),
+        "speedup_largest": largest.speedup_mean,
+        "efficiency_largest": largest.efficiency_mean,
+        "efficiency_largest_ci95_low": largest.efficiency_ci95_low,
+        "efficiency_largest_ci95_high": largest.efficiency_ci95_high,
+        "n_largest": int(largest.n_speedup),
+        "threads_base": int(base.threads_per_worker),
+        "threads_largest": int(largest.threads_per_worker),
+        "acc_base": acc_base,
+        "acc_largest": acc_largest,
+        **interval("acc_change", change),
+        "n_acc_change": change.n,
+    }
+
+
+def headlines(summary: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
     """Per (variant, batch size): the best mean speedup, the speedup and efficiency at the largest
-    world size, and the accuracy change from the smallest to the largest world size."""
-    out = []
-    for (variant, bs), g in summary.groupby(["variant", "batch_size"], sort=False):
-        base, largest = g.iloc[0], g.iloc[-1]  # the summary is sorted by world size within a group
-        best = g.loc[g.speedup_mean.idxmax()] if g.speedup_mean.notna().any() else base
-        out.append(
-            {
-                "variant": variant,
-                "batch_size": int(bs),
-                "base_ws": int(base.world_size),
-                "largest_ws": int(largest.world_size),
-                "best_speedup": best.speedup_mean,
-                "best_ws": int(best.world_size),
-                "speedup_largest": largest.speedup_mean,
-                "efficiency_largest": largest.efficiency_mean,
-                "threads_base": int(base.threads_per_worker),
-                "threads_largest": int(largest.threads_per_worker),
-                "acc_base": base.test_acc_mean,
-                "acc_largest": largest.test_acc_mean,
-                "acc_change": largest.test_acc_mean - base.test_acc_mean,
-            }
-        )
+    world size, and the accuracy change from the smallest to the largest world size paired by seed,
+    each with its interval and n."""
+    runs = dict(list(table.groupby(["variant", "batch_size"], sort=False)))
+    out = [headline(g, runs[key]) for key, g in summary.groupby(["variant", "batch_size"], sort=False)]
     return records(pd.DataFrame(out))
 
 
-def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[dict]:
-    """Per (variant, batch size, world size): test accuracy and loss per epoch, averaged over seeds
-    (only the epochs every seed has)."""
-    rank = {name: i for i, name in enumerate(order or [])}
-    epochs = pd.DataFrame(
-        [
-            {
-                "variant": r.get("_variant", ""),
-                "batch_size": r["config"]["batch_size"],
-                "world_size": r["config"]["world_size"],
-                "seed": r["config"]["seed"],
-                "epoch": e["epoch"],
-                "test_acc": e["test_acc"],
-                "test_loss": e["test_loss"],
-            }
-            for r in runs
-            for e in r["epochs"]
-        ]
-    )
-    out = []
-    groups = epochs.groupby(["variant", "batch_size", "world_size"], sort=True)
-    for (variant, bs, ws), g in sorted(groups, key=lambda item: (rank.get(item[0][0], 0), *item[0][1:])):
-        n_seeds = g.seed.nunique()
-        mean = g.groupby("epoch").agg(
-            test_acc=("test_acc", "mean"), test_loss=("test_loss", "mean"), n=("seed", "size")
-        )
-        mean = mean[mean.n == n_seeds]
-        out.append(
-            {
-                "variant": variant or None,
-                "batch_size": int(bs),
-                "world_size": int(ws),
-                "n_seeds": int(n_seeds),
-                "epoch": [int(e) for e in mean.index],
-                "test_acc": mean.test_acc.tolist(),
-                "test_loss": mean.test_loss.tolist(),
-            }
-        )
-    return out
+def statistics(fixed: list[str]) -> dict:
+    """How the summary's estimates are computed, for the report to name (summary.json: statistics)."""
+    return {
+        "confidence": CONFIDENCE,
+        "min_interval_n": MIN_INTERVAL_N,
+        "ratios": RATIO_METHOD,
+        "differences": MEAN_METHOD,
+        "throughput": DEFINITIONS["throughput"],
+        "scaling_laws": scaling_laws(fixed),
+    }
 
 
 # --------------------------------------------------------------------------- the scaling prediction
@@ -298,6 +346,12 @@ def scaling_prediction(
 # --------------------------------------------------------------------------- the whole summary
 
 
+def min_effect(config: dict | None) -> dict:
+    """report.min_effect of the config, its defaults (MIN_EFFECT) filled in."""
+    given = ((config or {}).get("report") or {}).get("min_effect") or {}
+    return {key: float(given.get(key, default)) for key, default in MIN_EFFECT.items()}
+
+
 def build_summary(
     paths: list[Path],
     schema: Path | None = None,
@@ -316,7 +370,9 @@ def build_summary(
     prediction, prediction_reason = scaling_prediction(runs, load_comm(comm or []), config, baseline)
     order = list(variants or [])
     table = add_baseline_pairs(add_speedup(runs_table(runs, order)), baseline)
-    summary = summarize(table)
+    effect = min_effect(config)
+    summary, n_tests = mark_cells(summarize(table), baseline, effect)
+    fixed = cores_fixed(table)
     csv_columns, json_columns = summary_columns(bool(variants))
     return {
         "generated_utc": utc_now(),
@@ -324,11 +380,13 @@ def build_summary(
         "rows": records(summary[json_columns]),
         "runs": records(table if variants else table.drop(columns=list(PAIRED))),
         "missing_runs": expected_missing(expected, table),
-        "amdahl_serial_fraction": amdahl_fits(summary),
-        "headlines": headlines(summary),
+        "speedup_unpaired": unpaired_speedup(table),
+        "amdahl_serial_fraction": amdahl_fits(summary, fixed),
+        "statistics": statistics(fixed),
+        "headlines": headlines(summary, table),
         "learning_curves": learning_curves(runs, order),
         "resource_model": resource_model(table),
-        "variants": variants_summary(variants, baseline, summary),
+        "variants": variants_summary(variants, baseline, summary, comparison_tests(n_tests, effect)),
         "machine": machine(runs),
         "method": method(runs, table),
         "overlaps": overlaps(table),
