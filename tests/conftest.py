@@ -60,3 +60,13 @@ def run(cmd: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedP
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=kwargs.pop("env", child_env()), **kwargs
     )
+
+
+@pytest.fixture(scope="session")
+def grid_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The .test/ grid run once through the snakemake CLI, for every workflow test that reads a
+    finished study (tests/workflowcopy.py): (working copy, Snakemake's result). Never changed:
+    a test copies it (workflowcopy.copy_study) before it runs anything there."""
+    from workflowcopy import run_grid_study
+
+    return run_grid_study(tmp_path_factory.mktemp("grid-study") / "workflow")

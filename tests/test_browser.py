@@ -1,6 +1,8 @@
 """The report in a real browser, offline: every table and plot renders, the console stays clean.
 
 Needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver) and selenium.
+One Chromium serves the module's tests (its start-up is most of their time); each test gets it
+back at the same window size with its console log read empty.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from test_report import PLOTS, build_report, build_variant_report
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 WIDTH = 1280
 
 
@@ -26,8 +28,8 @@ def find_binary(*names: str) -> str | None:
     return None
 
 
-@pytest.fixture
-def driver(tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
     chrome = find_binary("chromium", "chromium-browser", "google-chrome")
     chromedriver = find_binary("chromedriver") or (
         "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
@@ -49,7 +51,7 @@ def driver(tmp_path):
         "--disable-sync",
         "--no-first-run",
         f"--window-size={WIDTH},900",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -64,6 +66,13 @@ def driver(tmp_path):
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture
+def driver(browser):
+    browser.set_window_size(WIDTH, 900)
+    browser.get_log("browser")  # what an earlier page logged is not this test's
+    return browser
 
 
 def test_report_renders_offline(driver, tmp_path):

@@ -1,12 +1,14 @@
-"""The scaling prediction end to end through the `snakemake` CLI, in a temporary copy of the
-repository, on synthetic data: the all-reduce benchmark job, summary.json's prediction and its
-validation, results/prediction.csv, and the report's "Beyond this machine" section; then the same
-over an emulated 1 Gbit/s link (root and tc), where the fitted bandwidth must be the link's.
+"""The scaling prediction end to end through the `snakemake` CLI, on synthetic data: the all-reduce
+benchmark job as it is planned (a dry run), then summary.json's prediction and its validation,
+results/prediction.csv and the report's "Beyond this machine" section for the .test/ grid's runs
+and all-reduce timings (conftest's grid_study, copied: a predict: section of its own re-runs the
+summary and the report, not the timed jobs); then the same over an emulated 1 Gbit/s link (root
+and tc), where the fitted bandwidth must be the link's.
 
-The tests share one working copy and run in file order: the emulated run reuses the dataset.
-Jobs run with --resources bench_slot=2, which leaves the host-wide timing lock to other workflows
-on this host (a CI run may hold it for minutes); the jobs still run one at a time, as each asks for
-every core.
+The slow tests share one working copy and run in file order: the emulated run reuses the dataset.
+Its jobs run with --resources bench_slot=2, which leaves the host-wide timing lock to other
+workflows on this host (a CI run may hold it for minutes); the jobs still run one at a time, as each
+asks for every core.
 """
 
 from __future__ import annotations
@@ -22,44 +24,38 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import GRID, copy_repo, job_counts, snakemake, write_config
+from workflowcopy import GRID, copy_repo, copy_study, job_counts, snakemake, snakemake_quick, write_config
 
-PREDICT_INCLUDE = 'include: "workflow/rules/predict.smk"\n'
-CONFIG = {
+CONFIG = {  # the .test/ grid (world sizes 1 and 2, seeds 0 and 1), predicted for a 1 Gbit/s network too
     **GRID,
-    "grid": {**GRID["grid"], "world_sizes": [1, 2], "seeds": [0]},
     "predict": {"max_world_size": 256, "networks": {"1GbE": {"bandwidth_gbit": 1, "latency_us": 50}}},
 }
-EMULATED = {**CONFIG, "train": {**CONFIG["train"], "emulate_network": {"bandwidth_gbit": 1}}}
+EMULATED = {
+    **CONFIG,
+    "grid": {**CONFIG["grid"], "seeds": [0]},
+    "train": {**CONFIG["train"], "emulate_network": {"bandwidth_gbit": 1}},
+}
 UNLOCKED = ("--resources", "bench_slot=2")
 
 
-def with_prediction_rules(workdir: Path) -> Path:
-    """The copied Snakefile includes predict.smk before report.smk, which uses its comm_files()."""
-    snakefile = workdir / "Snakefile"
-    text = snakefile.read_text()
-    if "workflow/rules/predict.smk" not in text:
-        report = 'include: "workflow/rules/report.smk"\n'
-        snakefile.write_text(text.replace(report, PREDICT_INCLUDE + report))
-    return workdir
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return with_prediction_rules(copy_repo(tmp_path_factory.mktemp("prediction")))
+def workdir(grid_study, tmp_path_factory) -> Path:
+    """The finished .test/ grid (its runs and results/comm/ws2.json), this module's to change."""
+    return copy_study(grid_study[0], tmp_path_factory.mktemp("prediction") / "workflow")
 
 
 def failed(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_the_comm_benchmark_is_launched_as_the_runs_are(workdir):
+def test_the_comm_benchmark_is_launched_as_the_runs_are(tmp_path):
     """A dry run: one commbench job, at the largest one-node world size, timing every one of 2 or more, under
     ddpbench.launch and the timing lock (the default profile's single bench_slot), with the model's buckets;
     with variants only the baseline's (the prediction's), with its options; none for W = 1 alone."""
+    workdir = copy_repo(tmp_path / "workflow")
     grid = {**CONFIG["grid"], "world_sizes": [1, 2, 4], "allow_oversubscribe": True}
     config = write_config(workdir, "plan.yaml", {**CONFIG, "grid": grid})
-    result = snakemake(workdir, "--configfile", config, "-n", "-p")
+    result = snakemake_quick(workdir, "--configfile", config, "-n", "-p")
     assert result.returncode == 0, failed(result)
     assert job_counts(result.stdout)["commbench"] == 1
     (command,) = re.findall(r"^.*-m ddpbench.commbench .*$", result.stdout, re.M)
@@ -72,30 +68,33 @@ def test_the_comm_benchmark_is_launched_as_the_runs_are(workdir):
     variants = {"plain": None, "small_buckets": {"train": {"bucket_cap_mb": 1}}}
     grid = {**CONFIG["grid"], "variants": variants, "baseline": "small_buckets"}
     config = write_config(workdir, "variants.yaml", {**CONFIG, "grid": grid})
-    result = snakemake(workdir, "--configfile", config, "-n", "-p")
+    result = snakemake_quick(workdir, "--configfile", config, "-n", "-p")
     assert result.returncode == 0 and job_counts(result.stdout)["commbench"] == 1, failed(result)
     assert "--out results/comm/small_buckets/ws2.json --model simple_cnn --bucket-cap-mb 1 " in result.stdout
     one_worker = write_config(workdir, "one.yaml", {**CONFIG, "grid": {**CONFIG["grid"], "world_sizes": [1]}})
-    result = snakemake(workdir, "--configfile", one_worker, "-n")
+    result = snakemake_quick(workdir, "--configfile", one_worker, "-n")
     assert result.returncode == 0 and "commbench" not in job_counts(result.stdout), failed(result)
 
 
-def check_prediction(workdir: Path) -> dict:
+def check_prediction(workdir: Path, seeds: list[int]) -> dict:
     """What a finished run must hold, whatever the network: the comm file, summary.json's prediction and
     its validation computed from the runs, prediction.csv and the report's section. Returns summary.json."""
     comm = json.loads((workdir / "results/comm/ws2.json").read_text())
     assert (comm["schema"], comm["world_size"], comm["backend"]) == ("ddpbench.commbench/1", 2, "gloo")
-    runs = {w: json.loads((workdir / f"results/runs/ws{w}_bs128_seed0.json").read_text()) for w in (1, 2)}
+    runs = {
+        w: [json.loads((workdir / f"results/runs/ws{w}_bs128_seed{s}.json").read_text()) for s in seeds] for w in (1, 2)
+    }
     # The model's own DDP buckets, as the runs built them: all of SimpleCNN's float32 gradients.
-    assert sum(b["bytes"] for b in comm["buckets"]) == 4 * runs[2]["model"]["parameters"]
+    assert sum(b["bytes"] for b in comm["buckets"]) == 4 * runs[2][0]["model"]["parameters"]
     summary = json.loads((workdir / "results/summary.json").read_text())
     prediction = summary["prediction"]
     assert summary["prediction_reason"] is None and prediction["comm_world_sizes"] == [2]
     assert set(prediction["networks"]) == {"measured", "1GbE"} and prediction["max_world_size"] == 256
     assert {r["world_size"] for r in prediction["rows"]} == {2**k for k in range(9)}
     (case,) = prediction["validation"]  # W = 2 predicted from W = 1
-    steps = sum(e["steps"] for e in runs[2]["epochs"])
-    assert case["measured_step_time_s"] == pytest.approx(runs[2]["totals"]["train_time_s"] / steps)
+    steps = sum(e["steps"] for run in runs[2] for e in run["epochs"])  # the seeds' steps, pooled
+    train_time = sum(run["totals"]["train_time_s"] for run in runs[2])
+    assert case["measured_step_time_s"] == pytest.approx(train_time / steps)
     assert case["step_time_rel_error"] == pytest.approx(
         case["predicted_step_time_s"] / case["measured_step_time_s"] - 1
     )
@@ -124,17 +123,22 @@ def check_prediction(workdir: Path) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_prediction_through_the_workflow(workdir):
+    """The grid's runs and commbench timings (from its first run), predicted with this config's predict:
+    section: the summary and the report are made again, the timed jobs are not."""
     config = write_config(workdir, "predict.yaml", CONFIG)
-    result = snakemake(workdir, "--configfile", config, *UNLOCKED)
+    result = snakemake(workdir, "--configfile", config)
     assert result.returncode == 0, failed(result)
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["aggregate"] == 1 and "train" not in counts and "commbench" not in counts, counts
     assert (workdir / "logs/comm/commbench.log").exists()
     seconds = pd.read_csv(workdir / "benchmarks/comm/commbench.tsv", sep="\t")["s"].iloc[0]
     print(f"commbench at W = 2 took {seconds:.1f} s")
-    summary = check_prediction(workdir)
+    summary = check_prediction(workdir, CONFIG["grid"]["seeds"])
     fit = summary["prediction"]["collective"]
     assert fit["alpha_s"] >= 0 and fit["bandwidth_gbit"] > 0 and fit["points"] >= 6
-    again = snakemake(workdir, "--configfile", config, *UNLOCKED, "-n")
+    again = snakemake_quick(workdir, "--configfile", config, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr, failed(again)  # the timings are kept
 
 
@@ -152,6 +156,7 @@ def emulation_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_prediction_over_an_emulated_link(workdir):
     """The runs and the all-reduce timings cross a 1 Gbit/s link (tbf) between two namespaces: the
     fitted bandwidth is the link's, not loopback's, and the report still holds the section."""
@@ -165,7 +170,7 @@ def test_prediction_over_an_emulated_link(workdir):
     assert comm["environment"]["gloo_socket_ifname"] != "lo"  # the shaped interface
     run = json.loads((workdir / "results/runs/ws2_bs128_seed0.json").read_text())
     assert run["environment"]["emulated_link"]["bandwidth_gbit"] == 1
-    summary = check_prediction(workdir)
+    summary = check_prediction(workdir, EMULATED["grid"]["seeds"])
     fitted = summary["prediction"]["collective"]["bandwidth_gbit"]
     assert 0.3 < fitted < 1.1, fitted  # about the link's 1 Gbit/s: a ring of two sends n bytes per rank
     assert yaml.safe_load((workdir / "results/config.json").read_text())["train"]["emulate_network"] == {
