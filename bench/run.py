@@ -70,6 +70,8 @@ def compute_bound_cmd(threads: int, args, channels_last: str = "on", heap: str =
         channels_last,
         "--heap",
         heap,
+        "--warmup",
+        str(args.bound_warmup),
         "--steps",
         str(args.bound_steps),
     ]
@@ -243,6 +245,7 @@ def main() -> int:
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bound-steps", type=int, default=150, help="timed steps per compute bound")
+    p.add_argument("--bound-warmup", type=int, default=10, help="untimed warm-up steps before them")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--max-world-size", type=int, help="default: the cores (cpu) or GPUs (cuda)")

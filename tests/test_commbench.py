@@ -32,29 +32,26 @@ def run_commbench(ranks: int, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
-    out = tmp_path / "comm.json"
+@pytest.fixture(scope="module")
+def group_launch(tmp_path_factory) -> list[dict]:
+    """One launch of three ranks timing world sizes 2 and 3, each in a group of its first ranks, with
+    the model's buckets and its step: as the workflow's commbench rule launches it (one launch, every
+    world size). Both tests below read it: each launch is python, torch and torchrun starting."""
+    tmp = tmp_path_factory.mktemp("commbench")
+    outs = [tmp / "ws2.json", tmp / "ws3.json"]
     args = [
-        "--out",
-        str(out),
-        "--sizes",
-        "8,4096,4194304",
-        "--buckets",
-        "65536",
-        "--model",
-        "simple_cnn",
-        "--reps",
-        "5",
-        "--budget-s",
-        "0.3",
-        "--timeout",
-        "60",
-        "--step-batch",
-        "8",
+        *("--world-sizes", "2,3", "--out", *map(str, outs)),
+        *("--sizes", "8,4096,4194304", "--buckets", "65536", "--model", "simple_cnn"),
+        *("--reps", "5", "--budget-s", "0.3", "--timeout", "60", "--step-batch", "8"),
     ]
-    done = run_commbench(2, *args)
+    done = run_commbench(3, *args)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return [json.loads(out.read_text()) for out in outs]
+
+
+@pytest.mark.slow  # torchrun, three ranks
+def test_two_ranks_time_the_sweep_and_the_models_buckets(group_launch):
+    result = group_launch[0]
     assert result["world_size"] == 2 and result["backend"] == "gloo"
     assert result["environment"]["world_size"] == 2 and result["environment"]["cpu_model"]
     assert result["environment"]["gloo_socket_ifname"] == "lo"  # one node: loopback
@@ -72,24 +69,35 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(tmp_path):
     # The model's step without communication, rank 0 alone and both at once, in blocks of 3 steps:
     compute = result["compute"]
     assert (compute["batch"], compute["threads"], compute["steps_alone"], compute["steps_together"]) == (8, 1, 6, 6)
-    assert compute["ranks_per_node"] == 2
+    assert compute["ranks_per_node"] == 2  # the group's, not the three launched
     assert compute["slowdown"] == pytest.approx(compute["together_median_s"] / compute["alone_median_s"])
     assert 0 < compute["rank_wait_s"] < compute["together_median_s"]
     colocation = Colocation.from_comm([result])
     assert colocation.measured == ((2, compute["slowdown"], compute["rank_wait_s"] / compute["together_median_s"]),)
 
 
-def test_one_launch_times_each_world_size_in_a_group_of_its_first_ranks(tmp_path):
-    outs = [tmp_path / "ws2.json", tmp_path / "ws3.json"]
-    done = run_commbench(3, "--world-sizes", "2,3", "--out", *map(str, outs), "--sizes", "8,65536", "--reps", "3")
-    assert done.returncode == 0, done.stderr[-3000:]
-    for world_size, out in zip((2, 3), outs, strict=True):
-        result = json.loads(out.read_text())
+@pytest.mark.slow  # torchrun, three ranks
+def test_one_launch_times_each_world_size_in_a_group_of_its_first_ranks(group_launch):
+    buckets = [p["bytes"] for p in group_launch[0]["buckets"]]
+    for world_size, result in zip((2, 3), group_launch, strict=True):
         assert result["world_size"] == result["environment"]["world_size"] == world_size
         assert result["environment"]["launched_ranks"] == 3
-        assert [p["bytes"] for p in result["sweep"]] == [8, 65536] and result["buckets"] == []
-    # One --out per world size, and no world size beyond the ranks launched: said before any timing.
-    done = run_commbench(2, "--world-sizes", "2,3", "--out", *map(str, outs))
-    assert done.returncode != 0 and "launch at least 3 ranks, not 2" in done.stderr
-    done = run_commbench(2, "--world-sizes", "2", "--out", *map(str, outs))
-    assert done.returncode != 0 and "give one --out per world size: 2 files for --world-sizes [2]" in done.stderr
+        assert [p["bytes"] for p in result["sweep"]] == [8, 4096, 4194304]
+        assert [p["bytes"] for p in result["buckets"]] == buckets
+        assert result["compute"]["ranks_per_node"] == world_size
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--world-sizes", "2,3", "--out", "a", "b"], "launch at least 3 ranks, not 2"),
+        (["--world-sizes", "2", "--out", "a", "b"], "give one --out per world size: 2 files for --world-sizes [2]"),
+    ],
+)
+def test_world_sizes_are_checked_before_any_timing(monkeypatch, capsys, argv, message):
+    """One --out per world size, and no world size beyond the ranks launched (torchrun's WORLD_SIZE):
+    said by the argument parser, before the process group or any timing."""
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun launched two ranks
+    with pytest.raises(SystemExit) as exited:
+        commbench.parse_args(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err

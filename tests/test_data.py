@@ -147,7 +147,8 @@ def serve(handler_body):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the loop to notice (0.5 s by default, in every test).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz", requests
@@ -340,6 +341,7 @@ def test_eval_indices_count_every_sample_once():
     assert sorted(torch.cat(parts).tolist()) == list(range(10_000))
 
 
+@pytest.mark.slow  # imports torchvision (seconds) for the reference transform
 def test_batch_normalisation_equals_totensor_normalize():
     from PIL import Image
     from torchvision import transforms

@@ -77,6 +77,7 @@ def host_links() -> str:
     return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow  # two seconds of shaped traffic
 def test_two_namespaces_carry_tcp_at_the_shaped_rate():
     prefix = f"tnetem{os.getpid()}"
     before = host_links()
@@ -90,6 +91,7 @@ def test_two_namespaces_carry_tcp_at_the_shaped_rate():
     assert host_links() == before  # no interface ever appeared on the host
 
 
+@pytest.mark.slow  # 1.5 seconds of shaped traffic
 def test_more_than_two_namespaces_meet_through_a_shaped_bridge():
     prefix = f"tbridge{os.getpid()}"
     with netem.EmulatedNetwork(3, bandwidth_gbit=0.1, prefix=prefix) as net:

@@ -13,7 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import SHARED_DATA
-from test_workflow import copy_repo, snakemake, write_config
+from workflowcopy import copy_repo, snakemake, write_config
 
 BUILDER = SHARED_DATA / "build_cifar10_archive.py"
 pytestmark = [
