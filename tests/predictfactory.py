@@ -48,6 +48,17 @@ def synthetic_run(world: int, alpha: float = 40e-6, bandwidth: float = 1e9, slow
 
 
 BUCKETS = [3e6, 1e6]
+# A study's config with a prediction to 1,024 workers over two named networks.
+PREDICT_CONFIG = {
+    "train": {"epochs": 3},
+    "predict": {
+        "max_world_size": 1024,
+        "networks": {
+            "10GbE": {"bandwidth_gbit": 10, "latency_us": 50},
+            "1GbE": {"bandwidth_gbit": 1, "latency_us": 50},
+        },
+    },
+}
 
 
 def comm_doc(world: int, alpha: float = 40e-6, bandwidth: float = 1e9) -> dict:

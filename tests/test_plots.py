@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from predictfactory import PREDICT_CONFIG
 from runfactory import write_comm, write_grid
 
 from ddpbench import plots, svg
@@ -19,16 +20,6 @@ from ddpbench.summary import build_summary
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
 PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
-PREDICT_CONFIG = {
-    "train": {"epochs": 3},
-    "predict": {
-        "max_world_size": 1024,
-        "networks": {
-            "10GbE": {"bandwidth_gbit": 10, "latency_us": 50},
-            "1GbE": {"bandwidth_gbit": 1, "latency_us": 50},
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")

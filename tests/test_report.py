@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from predictfactory import PREDICT_CONFIG
 from runfactory import make_run, write_comm, write_grid
 
 from ddpbench import report
@@ -490,17 +491,6 @@ def test_headline_says_cores_per_worker_were_fixed(tmp_path):
 
 
 # --------------------------------------------------------------------------- beyond this machine: the prediction
-
-PREDICT_CONFIG = {
-    "train": {"epochs": 3},
-    "predict": {
-        "max_world_size": 1024,
-        "networks": {
-            "10GbE": {"bandwidth_gbit": 10, "latency_us": 50},
-            "1GbE": {"bandwidth_gbit": 1, "latency_us": 50},
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")
