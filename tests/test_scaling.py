@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from ddpbench import allreduce, scaling
+from ddpbench import allreduce, scaling, stats
 
 
 def link(alpha: float, bandwidth: float) -> allreduce.CollectiveFit:
@@ -82,7 +82,7 @@ def test_expected_maximum_of_normals_from_tables():
         1024: 3.2482396,
     }  # 1024: by the trapezoid rule on [-12, 12]
     for n, value in expected.items():
-        assert scaling.expected_max_normal(n) == pytest.approx(value, abs=1e-6)
+        assert stats.expected_max_normal(n) == pytest.approx(value, abs=1e-6)
 
 
 def test_wait_for_the_slowest_rank_by_hand():

@@ -24,13 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import cache
 
 import numpy as np
-from scipy.integrate import quad
-from scipy.stats import norm
 
 from ddpbench.allreduce import CollectiveFit
+from ddpbench.stats import expected_max_normal
 
 BATCH_MODES = ("per_worker", "global")
 CURVE_KEYS = ("step_time_s", "throughput_samples_s", "speedup", "efficiency")
@@ -111,15 +109,6 @@ class StepProfile:
     def compute_at(self, world_size: int, scale: float = 1.0) -> float:
         """A rank's compute at ``world_size``, ``scale`` times the reference's batch."""
         return self.compute_s * scale * self.compute_factor(world_size)
-
-
-@cache
-def expected_max_normal(n: int) -> float:
-    """E[max of n independent standard normals]: 0 for one, 1 / sqrt(pi) for two, about 3.2 for 1024."""
-    if n <= 1:
-        return 0.0
-    density = lambda x: x * n * norm.pdf(x) * norm.cdf(x) ** (n - 1)  # noqa: E731
-    return float(quad(density, -np.inf, np.inf)[0])
 
 
 def predict_step(

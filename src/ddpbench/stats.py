@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
+from scipy.integrate import quad
 from scipy.optimize import minimize_scalar
 
 # Fewest values an interval (or a test) is computed from.
@@ -168,3 +170,12 @@ def amdahl_fit(world_sizes: Iterable[float], speedups: Iterable[float]) -> float
     w, s = w[keep], s[keep]
     result = minimize_scalar(lambda f: np.sum((amdahl_speedup(f, w) - s) ** 2), bounds=(0.0, 1.0), method="bounded")
     return float(result.x)
+
+
+@cache
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normals]: 0 for one, 1 / sqrt(pi) for two, about 3.2 for 1024."""
+    if n <= 1:
+        return 0.0
+    density = lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1)  # noqa: E731
+    return float(quad(density, -math.inf, math.inf)[0])
