@@ -9,6 +9,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ddpbench.records import steady_state, step_record
+
 
 def _stamp(minutes: int) -> str:
     return (datetime(2025, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
@@ -36,6 +38,7 @@ def make_run(
     config_overrides: dict | None = None,
     threads: int | None = None,
     slot: int = 0,
+    warmup_factor: float = 1.0,
 ) -> dict:
     """A plausible run: Amdahl-like times (serial fraction 0.15) with a per-run jitter, accuracy falling
     with the world size. ``train_time`` sets the run's total training time exactly; ``lock_wait``
@@ -45,7 +48,9 @@ def make_run(
     ``acc_offset`` adds to every epoch's test accuracy, ``config_overrides`` are the options the variant
     changed as the run records them (e.g. {"comm_hook": "fp16"}), ``variant`` puts it in that folder and
     ``slot`` moves its timestamps so that runs of different variants do not overlap. ``threads`` fixes
-    the threads per worker (default: 8 cores split among the ranks)."""
+    the threads per worker (default: 8 cores split among the ranks). Rank 0's steps share an epoch's
+    data and step time equally, but the run's first step takes ``warmup_factor`` times the others;
+    rank r's steps are 1 + r/100 times rank 0's."""
     if train_time is None:
         key = (ws, bs, seed, variant) if variant else (ws, bs, seed)  # the same jitter as before variants
         train_time = 20.0 * jitter(*key) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
@@ -61,6 +66,11 @@ def make_run(
         elapsed += train + 0.5
         if time_to_target is None and acc >= 50.0:
             time_to_target = elapsed
+        steps = images // (bs * ws) or 1
+        weights = [warmup_factor if e == 1 and i == 0 else 1.0 for i in range(steps)]
+        series = tuple((data + step) * w / sum(weights) for w in weights)
+        median = (data + step) / sum(weights)
+        ranks = [dict.fromkeys(("median_s", "p5_s", "p95_s", "max_s"), median * (1 + r / 100)) for r in range(ws)]
         records.append(
             {
                 "epoch": e,
@@ -69,7 +79,7 @@ def make_run(
                 "test_loss": 2.0 - 0.2 * e + 0.05 * ws,
                 "test_acc": acc,
                 "lr": 0.01,
-                "steps": images // (bs * ws) or 1,
+                "steps": steps,
                 "images": images,
                 "train_time_s": train,
                 "eval_time_s": 0.5,
@@ -81,6 +91,7 @@ def make_run(
                 "throughput_img_s": images / train,
                 "elapsed_s": elapsed,
                 "train_time_max_s": train * 1.01,
+                **step_record(ranks, series),
             }
         )
 
@@ -90,7 +101,7 @@ def make_run(
     threads = threads or max(1, 8 // ws)
     folder = f"results/runs/{variant}/" if variant else "results/runs/"
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "status": "ok",
         "config": {
             "data": "resources/cifar10",
@@ -154,6 +165,7 @@ def make_run(
             "process_start_to_end_s": elapsed + 3.5,
             "peak_rss_bytes_max": 900_000_000,
             "peak_rss_bytes_total": 900_000_000 * ws,
+            **steady_state(records),
         },
         "ddp": {
             "buckets": 2,

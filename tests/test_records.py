@@ -38,11 +38,21 @@ def test_steady_state_leaves_out_the_warmup_and_counts_what_it_cost():
     assert got["warmup_cost_s"] == pytest.approx(20.0 - 20 * 0.1)
     assert got["steady_step_time_median_s"] == pytest.approx(0.1)
     assert got["steady_throughput_img_s"] == pytest.approx(128 / 0.1)
+    assert got["steady_images"] == 380 * 128 and got["steady_time_s"] == pytest.approx(38.0)
+    assert got["steady_step_time_cv"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_within_run_variability_is_the_steady_steps_coefficient_of_variation():
+    steady = [0.1, 0.2] * 100
+    got = steady_state(epochs_of([[5.0] * WARMUP_STEPS + steady]))
+    assert got["steady_step_time_cv"] == pytest.approx(np.std(steady, ddof=1) / np.mean(steady))
 
 
 def test_a_short_run_keeps_nine_tenths_of_its_steps():
     got = steady_state(epochs_of([[0.5] + [0.2] * 49]))  # 50 steps: 5 of warm-up, not 20
     assert got["warmup_steps"] == 5
     assert got["steady_throughput_img_s"] == pytest.approx(128 / 0.2)
-    assert steady_state(epochs_of([[0.3]])) == {}  # one step: no steady state to speak of
+    one_step = steady_state(epochs_of([[0.3]]))  # nothing to leave out: the step is the steady state
+    assert one_step["warmup_steps"] == 0 and one_step["steady_time_s"] == pytest.approx(0.3)
+    assert one_step["steady_step_time_cv"] is None
     assert steady_state([{"images": 10}]) == {}  # a record from before the step series

@@ -11,9 +11,10 @@ from runfactory import make_comm, make_run, write_comm, write_grid
 from scipy import stats as sp
 from test_runs import FACTORY_VARIANTS, GRID_CONFIG, VARIANT_CONFIG, predicted_study, variant_study, write_run
 
+from ddpbench.columns import SUMMARY_COLUMNS
 from ddpbench.comparison import COMPARISON_COLUMNS
 from ddpbench.runs import RunsError, load_config
-from ddpbench.summary import SUMMARY_COLUMNS, build_summary, main
+from ddpbench.summary import build_summary, main
 
 # --------------------------------------------------------------------------- helpers
 
@@ -62,16 +63,44 @@ def test_known_answer_speedup_interval_and_karp_flatt(tmp_path):
 
 
 def test_throughput_is_total_images_over_total_time(tmp_path):
-    """Two runs of 6144 images in 2 s and 6 s: 12288 / 8 = 1536 img/s (the harmonic mean of 3072 and 1024),
-    not the arithmetic mean 2048."""
+    """Two runs of 6144 images whose steps take 0.98 of 2 s and 6 s: 12288 / (0.98 x 8) img/s (the
+    harmonic mean of the per-run rates), not their arithmetic mean."""
     paths = [
         write_run(tmp_path, f"ws1_bs128_seed{seed}", make_run(1, 128, seed, train_time=t))
         for seed, t in ((0, 2.0), (1, 6.0))
     ]
     result, _ = build_summary(paths, RUN_SCHEMA)
     (row,) = result["rows"]
-    assert [r["throughput_img_s"] for r in result["runs"]] == pytest.approx([3072.0, 1024.0])
-    assert row["throughput_mean_img_s"] == pytest.approx(1536.0, rel=1e-12)
+    # 48 equal steps, 4 of them warm-up: the steady 44 hold 44/48 of the images and of the time.
+    assert [r["throughput_img_s"] for r in result["runs"]] == pytest.approx([3072 / 0.98, 1024 / 0.98])
+    assert row["throughput_mean_img_s"] == pytest.approx(1536.0 / 0.98, rel=1e-12)
+    assert row["whole_run_throughput_img_s"] == pytest.approx(1536.0, rel=1e-12)
+
+
+def test_the_headline_figures_leave_out_the_warmup(tmp_path):
+    """Every W = 1 run's first step takes 17 steps' time (steps of 16/17 the plain ones): the steady
+    throughput and the speedup see only the steps after it; the whole-run figures and the warm-up
+    share carry it."""
+    paths = [
+        write_run(
+            tmp_path,
+            f"ws{ws}_bs128_seed{seed}",
+            make_run(ws, 128, seed, epochs=1, train_time=t, warmup_factor=17.0 if ws == 1 else 1.0, threads=1),
+        )
+        for ws, t in ((1, 2.0), (2, 1.0))
+        for seed in range(3)
+    ]
+    result, _ = build_summary(paths, RUN_SCHEMA)
+    one, two = result["rows"]
+    step_w1 = 0.98 * 2.0 / 32  # 16 steps, the first weighing 17: 32 weights
+    assert one["throughput_mean_img_s"] == pytest.approx(128 / step_w1, rel=1e-12)
+    assert one["whole_run_throughput_img_s"] == pytest.approx(2048 / 2.0, rel=1e-12)
+    assert two["speedup_mean"] == pytest.approx((256 / (0.98 * 1.0 / 8)) * step_w1 / 128, rel=1e-12)
+    assert two["speedup_whole_run_mean"] == pytest.approx(2.0, rel=1e-12)
+    assert one["warmup_share_first_epoch"] == pytest.approx(16 * step_w1 / 2.0, rel=1e-12)
+    assert two["warmup_share_first_epoch"] == pytest.approx(0.0, abs=1e-12)
+    assert two["step_skew_max"] == pytest.approx(1.01) and two["step_cv_within_run"] == pytest.approx(0.0, abs=1e-9)
+    assert "double as the timing repetitions" in result["statistics"]["repetitions"]
 
 
 def test_speedup_is_paired_by_seed_and_varies_by_seed(tmp_path):

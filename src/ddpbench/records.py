@@ -22,7 +22,7 @@ from ddpbench.metrics import environment, mapped_file_memory, peak_rss_bytes, ps
 if TYPE_CHECKING:
     from ddpbench.distributed import Dist
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -70,21 +70,27 @@ def step_record(per_rank: list[dict], rank0_times: tuple[float, ...]) -> dict:
 
 def steady_state(epochs: list[dict]) -> dict:
     """The run after its warm-up (pure): the first min(WARMUP_STEPS, a tenth of the steps) steps of
-    rank 0's series left out; what they cost beyond steady-state steps; the steady throughput is the
-    images of the remaining steps over their summed step times."""
+    rank 0's series left out (none of a one-step run: it has no steady state to tell apart); what
+    they cost beyond as many steady-state median steps; the steady throughput is the images of the
+    remaining steps over their summed step times; the coefficient of variation of those steps is
+    the run's own (within-run) variability."""
     series = [t for e in epochs for t in e.get("step_times_s", [])]
-    if len(series) < 2:
+    if not series:
         return {}
-    warmup = max(1, min(WARMUP_STEPS, len(series) // 10))
-    steady = series[warmup:]
+    warmup = max(1, min(WARMUP_STEPS, len(series) // 10)) if len(series) > 1 else 0
+    steady = np.asarray(series[warmup:])
     images_per_step = sum(e["images"] for e in epochs) / len(series)
     median = float(np.median(steady))
     return {
         "warmup_steps": warmup,
         "warmup_time_s": sum(series[:warmup]),
         "warmup_cost_s": sum(series[:warmup]) - warmup * median,
+        "steady_steps": len(steady),
+        "steady_images": images_per_step * len(steady),
+        "steady_time_s": float(steady.sum()),
         "steady_step_time_median_s": median,
-        "steady_throughput_img_s": images_per_step * len(steady) / sum(steady),
+        "steady_step_time_cv": float(steady.std(ddof=1) / steady.mean()) if len(steady) > 1 else None,
+        "steady_throughput_img_s": images_per_step * len(steady) / float(steady.sum()),
         "step_skew_max": max((e["step_skew"] for e in epochs if e.get("step_skew")), default=None),
     }
 

@@ -31,7 +31,16 @@ def run_row(run: dict) -> dict:
         "comm_exposed_time_s": tot["comm_exposed_time_s"],
         "other_time_s": max(train - data - step, 0.0),
         "images": tot["images"],
-        "throughput_img_s": tot["throughput_img_s"],
+        # The headline figures are the steady state's (ddpbench.records.steady_state): no warm-up.
+        "throughput_img_s": tot["steady_throughput_img_s"],
+        "steady_images": tot["steady_images"],
+        "steady_time_s": tot["steady_time_s"],
+        "whole_run_throughput_img_s": tot["throughput_img_s"],
+        "warmup_steps": tot["warmup_steps"],
+        "warmup_cost_s": tot["warmup_cost_s"],
+        "warmup_share_first_epoch": tot["warmup_cost_s"] / run["epochs"][0]["train_time_s"],
+        "step_cv": tot["steady_step_time_cv"],
+        "step_skew": tot["step_skew_max"],
         "test_acc": tot["final_test_acc"],
         "test_loss": tot["final_test_loss"],
         "time_to_target_s": tot["time_to_target_s"],
@@ -51,7 +60,7 @@ def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame
     df = pd.DataFrame([run_row(run) for run in runs])
     if df.empty:
         raise RunsError("no runs to aggregate: results/runs/ holds no run JSON")
-    for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s"):
+    for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s", "step_cv", "step_skew"):
         df[column] = df[column].astype(float)  # None -> NaN
     dup = df.duplicated(["variant", "world_size", "batch_size", "seed"], keep=False)
     if dup.any():
@@ -71,7 +80,9 @@ def group_label(variant: str, batch_size: int) -> str:
 
 
 def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-run speedup against the same seed's one-worker run of the same variant and batch size.
+    """Per-run speedup against the same seed's one-worker run of the same variant and batch size:
+    the ratio of their steady-state throughputs (``speedup``), and T(1)/T(W) of the whole training
+    time, warm-up included (``speedup_whole_run``).
 
     A seed without its own one-worker run has no speedup (NaN): it is left out of its setting's
     speedup, not compared with the other seeds' one-worker time (unpaired_speedup lists it)."""
@@ -85,9 +96,10 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
             "add 1 to grid.world_sizes"
         )
     keys = ["variant", "batch_size", "seed"]
-    t1 = df[keys].merge(base[keys + ["train_time_s"]], on=keys, how="left", validate="many_to_one").train_time_s
+    one = df[keys].merge(base[keys + ["train_time_s", "throughput_img_s"]], on=keys, how="left", validate="many_to_one")
     df = df.copy()
-    df["speedup"] = paired_ratio(t1.to_numpy(float), df.train_time_s.to_numpy(float))
+    df["speedup"] = paired_ratio(df.throughput_img_s.to_numpy(float), one.throughput_img_s.to_numpy(float))
+    df["speedup_whole_run"] = paired_ratio(one.train_time_s.to_numpy(float), df.train_time_s.to_numpy(float))
     df["efficiency"] = df.speedup / df.world_size
     return df
 

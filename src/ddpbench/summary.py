@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ddpbench.columns import DEFINITIONS, PREDICTION_DEFINITIONS, SUMMARY_COLUMNS, summary_columns
 from ddpbench.comparison import (
     COMPARISON_COLUMNS,
     MIN_EFFECT,
@@ -74,72 +75,6 @@ from ddpbench.stats import (
     pooled_rate,
 )
 
-SUMMARY_COLUMNS = [
-    "world_size",
-    "batch_size",
-    "global_batch_size",
-    "n_seeds",
-    "train_time_mean_s",
-    "train_time_std_s",
-    "train_loop_mean_s",
-    "throughput_mean_img_s",
-    "throughput_std_img_s",
-    "speedup_mean",
-    "speedup_ci95_low",
-    "speedup_ci95_high",
-    "n_speedup",
-    "efficiency_mean",
-    "efficiency_ci95_low",
-    "efficiency_ci95_high",
-    "test_acc_mean",
-    "test_acc_std",
-    "test_acc_ci95_low",
-    "test_acc_ci95_high",
-    "karp_flatt",
-    "time_to_target_mean_s",
-    "n_reached_target",
-    "data_share",
-    "compute_share",
-    "comm_share",
-    "other_share",
-    "eval_time_mean_s",
-    "peak_rss_max_bytes",
-    "threads_per_worker",
-    "nnodes",
-]
-DEFINITIONS = {
-    "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
-    "throughput": "total training images / total training time over the setting's runs (the harmonic mean of "
-    "the per-run images per second); its spread (throughput_std_img_s) is the sd of the per-run rates",
-    "speedup": "T(1)/T(W) of train_time, paired by seed at the same batch size, summarised as a geometric mean "
-    "over the seeds (n_speedup of them); a seed without its own one-worker run is left out (speedup_unpaired)",
-    "time_to_target": "mean over the runs only when every run reached the target accuracy; otherwise empty, "
-    "with n_reached_target of n_seeds",
-    "efficiency": "speedup / world_size, its interval the speedup's divided by world_size",
-    "karp_flatt": "(1/S - 1/W) / (1 - 1/W) from the mean speedup; empty at W = 1, and where the cores were fixed "
-    "(W = 1 already used every core: Karp-Flatt and Amdahl assume the cores grow with W)",
-    "ci95": f"a ratio (speedup, efficiency, every vs-baseline ratio): {RATIO_METHOD}; a value or difference "
-    f"(accuracy): {MEAN_METHOD}; empty below {MIN_INTERVAL_N} values (a t interval of two is +- 12.7 "
-    "standard errors)",
-    "amdahl_serial_fraction": "f minimising the squared error of 1 / (f + (1 - f) / W) against mean speedup; "
-    "null where the cores were fixed",
-    "startup_s": "rank 0's process creation to its first training step (not part of train_time)",
-    "lock_wait_s": "seconds the run waited for the host-wide timing lock before it started (empty without one)",
-    "overlaps": "pairs of runs whose start-to-finish spans overlapped on a shared host (their timings interfere)",
-    "resource_model": "cores_fixed: threads_per_worker x world_size the same at every world size (one rank at W = 1 "
-    "already uses all the cores, so efficiency compares W ranks with one rank on the same cores); "
-    "cores_per_worker_fixed: threads_per_worker the same at every world size (classic scaling efficiency); "
-    "mixed: neither",
-}
-PREDICTION_DEFINITIONS = {
-    "prediction": "the scaling model (ddpbench.predict) fitted to the runs and the all-reduce timings of "
-    "ddpbench.commbench: predicted step time, throughput, speedup and efficiency per network and batch mode "
-    "up to predict.max_world_size, with its fitted communication parameters, validation and assumptions",
-    "prediction_validation": "a measured world size predicted from the others (the largest from the smaller ones; "
-    "with three or more, each left out in turn): relative error of the step time and of the speedup",
-}
-
-
 # --------------------------------------------------------------------------- the summary rows
 
 
@@ -158,8 +93,14 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame, scaling_laws: b
         "train_time_mean_s": g.train_time_s.mean(),
         "train_time_std_s": g.train_time_s.std(ddof=1),
         "train_loop_mean_s": g.train_loop_s.mean(),
-        "throughput_mean_img_s": pooled_rate(g.images, g.train_time_s),
+        "throughput_mean_img_s": pooled_rate(g.steady_images, g.steady_time_s),
         "throughput_std_img_s": g.throughput_img_s.std(ddof=1),
+        "whole_run_throughput_img_s": pooled_rate(g.images, g.train_time_s),
+        "speedup_whole_run_mean": geometric_mean_interval(g.speedup_whole_run).value,
+        "warmup_share_first_epoch": g.warmup_share_first_epoch.mean(),
+        "step_cv_within_run": g.step_cv.mean(),
+        "throughput_cv_between_runs": g.throughput_img_s.std(ddof=1) / g.throughput_img_s.mean(),
+        "step_skew_max": g.step_skew.max(),
         "speedup_mean": speedup.value,
         "speedup_ci95_low": speedup.low,
         "speedup_ci95_high": speedup.high,
@@ -199,14 +140,6 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     groups = df.groupby(["variant", "batch_size", "world_size"], sort=False)
     rows = [summary_row(v, ws, bs, g, v not in fixed) for (v, bs, ws), g in groups]
     return pd.DataFrame(rows, columns=["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS])
-
-
-def summary_columns(has_variants: bool) -> tuple[list[str], list[str]]:
-    """(summary.csv's columns, summary.json's row keys): without variants the CSV keeps its columns."""
-    if has_variants:
-        columns = ["variant", *SUMMARY_COLUMNS, *COMPARISON_COLUMNS]
-        return columns, columns
-    return SUMMARY_COLUMNS, ["variant", *SUMMARY_COLUMNS]
 
 
 def amdahl_fits(summary: pd.DataFrame, fixed: list[str]) -> dict:
@@ -299,6 +232,9 @@ def statistics(fixed: list[str]) -> dict:
         "ratios": RATIO_METHOD,
         "differences": MEAN_METHOD,
         "throughput": DEFINITIONS["throughput"],
+        "steady_state": DEFINITIONS["steady_state"],
+        "repetitions": "seeds are the unit of replication for accuracy and double as the timing repetitions; "
+        + DEFINITIONS["variability"],
         "scaling_laws": scaling_laws(fixed),
     }
 
