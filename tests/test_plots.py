@@ -15,11 +15,11 @@ import pytest
 from predictfactory import PREDICT_CONFIG
 from runfactory import write_comm, write_grid
 
-from ddpbench import plots, svg
+from ddpbench import figures, plots, svg
 from ddpbench.summary import build_summary
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
-PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
+PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "step_times", "learning_curves"}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def predicted(tmp_path_factory):
     paths, expected = write_grid(tmp / "runs", [1, 2, 4], [64, 128], [0, 1])
     summary, _ = build_summary(paths, SCHEMA, expected, PREDICT_CONFIG, comm=write_comm(tmp / "comm", [2, 4]))
     summary = json.loads(json.dumps(summary, allow_nan=False))
-    return summary, {p["name"]: p for p in plots.make_plots(summary)}
+    return summary, {p["name"]: p for p in figures.make_plots(summary)}
 
 
 def test_prediction_plot_continues_the_measured_speedup_per_network(predicted):
@@ -50,7 +50,8 @@ def test_plots_are_standalone_svg_the_same_each_time(predicted):
     summary, made = predicted
     assert set(made) == PLOTS | {"prediction"}
     assert {name: p["section"] for name, p in made.items() if p["section"] != "plots"} == {"prediction": "prediction"}
-    assert {name for name, p in made.items() if p["wide"]} == {"time_breakdown", "learning_curves", "prediction"}
+    wide = {"time_breakdown", "step_times", "learning_curves", "prediction"}
+    assert {name for name, p in made.items() if p["wide"]} == wide
     for plot in made.values():
         assert ET.fromstring(plot["svg"]).tag == "{http://www.w3.org/2000/svg}svg"
         assert "<dc:date>" not in plot["svg"] and "<metadata>" not in plot["svg"]
@@ -91,3 +92,16 @@ def test_legends_name_only_what_differs_between_lines():
     row = {"variant": None, "batch_size": 64, "world_size": 2}
     assert plots.row_label(row, [(None, 64)]) == "W = 2"
     assert plots.row_label(row, [(None, 64), (None, 128)]) == "W = 2, batch 64"
+
+
+def test_step_time_plot_has_a_box_per_setting_and_a_dot_per_rank(predicted):
+    summary, made = predicted
+    figure = ET.fromstring(made["step_times"]["svg"])
+    texts = {"".join(t.itertext()).strip() for t in figure.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"1", "2", "4", "batch 64", "batch 128", "step time (ms)"} <= texts
+    # Two batch sizes at W = 1, 2, 4: six boxes, and 2 x (1 + 2 + 4) rank medians drawn as markers.
+    with matplotlib.rc_context(svg.SVG_STYLE):
+        fig = plots.step_time_plot(summary["step_distributions"])
+    ax = fig.axes[0]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(ax.patches) == 6 and sum(len(d.get_xdata()) for d in dots) == 14

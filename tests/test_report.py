@@ -25,13 +25,16 @@ from ddpbench.summary import build_summary as aggregate
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/run.schema.json"
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
-PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "learning_curves"}
+PLOTS = {"speedup", "efficiency", "throughput", "accuracy", "time_breakdown", "step_times", "learning_curves"}
 # Cells shown in other units than summary.json's: percentages of a relative error, milliseconds.
 SCALES = {
     "step_time_rel_error": 100,
     "speedup_rel_error": 100,
     "measured_step_time_s": 1000,
     "predicted_step_time_s": 1000,
+    "warmup_share_first_epoch": 100,
+    "step_cv_within_run": 100,
+    "throughput_cv_between_runs": 100,
 }
 
 

@@ -13,6 +13,7 @@ from test_runs import FACTORY_VARIANTS, GRID_CONFIG, VARIANT_CONFIG, predicted_s
 
 from ddpbench.columns import SUMMARY_COLUMNS
 from ddpbench.comparison import COMPARISON_COLUMNS
+from ddpbench.order import timed_order
 from ddpbench.runs import RunsError, load_config
 from ddpbench.summary import build_summary, main
 
@@ -101,6 +102,27 @@ def test_the_headline_figures_leave_out_the_warmup(tmp_path):
     assert two["warmup_share_first_epoch"] == pytest.approx(0.0, abs=1e-12)
     assert two["step_skew_max"] == pytest.approx(1.01) and two["step_cv_within_run"] == pytest.approx(0.0, abs=1e-9)
     assert "double as the timing repetitions" in result["statistics"]["repetitions"]
+
+
+def test_runs_record_their_planned_and_their_real_start_order(tmp_path):
+    """The factory's runs started by world size, then seed; the plan put them in rounds by seed."""
+    paths, names = write_grid(tmp_path, [1, 2], [128], [0, 1])
+    planned = timed_order(names, 0)
+    result, _ = build_summary(paths, RUN_SCHEMA, planned, {"grid": {"order_seed": 0}})
+    runs = {r["name"]: r for r in result["runs"]}
+    assert [runs[n]["planned_order"] for n in planned] == [1, 2, 3, 4]
+    assert [runs[n]["start_order"] for n in ("ws1_bs128_seed0", "ws1_bs128_seed1", "ws2_bs128_seed0")] == [1, 2, 3]
+    assert "grid.order_seed = 0" in result["statistics"]["run_order"]
+
+
+def test_step_distributions_pool_the_steady_steps_and_keep_every_ranks_median(tmp_path):
+    result, _, paths = summary_for(tmp_path, world_sizes=(1, 4), seeds=(0,))
+    one, four = result["step_distributions"]
+    run = json.loads(next(p for p in paths if p.name == "ws4_bs128_seed0.json").read_text())
+    step = run["epochs"][0]["step_times_s"][0]  # the factory's steps are equal within an epoch
+    assert four["world_size"] == 4 and four["median_s"] == pytest.approx(step)
+    assert four["rank_median_s"] == pytest.approx([step * (1 + r / 100) for r in range(4)])
+    assert one["steps"] == 48 - 4 and four["steps"] == 12 - 1  # a tenth of the steps is the warm-up
 
 
 def test_speedup_is_paired_by_seed_and_varies_by_seed(tmp_path):

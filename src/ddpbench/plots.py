@@ -1,6 +1,6 @@
-"""The report's figures from summary.json, as deterministic SVG (the same summary, the same file):
-``make_plots`` gives each plot the page shows (name, caption, width, section, SVG), ``inline_svg``
-readies one for inside HTML; ``ddpbench.report`` lays them out."""
+"""The report's figures drawn from summary.json as matplotlib Figures: the study's (speedup,
+efficiency, throughput, accuracy, time breakdown, step times, learning curves), the variants' and the
+prediction's. ddpbench.figures chooses, captions and renders them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ddpbench.predict import MEASURED_NETWORK
-from ddpbench.svg import SVG_STYLE, svg_text
 
 PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#4b5563"]
 PARTS = [  # (label, colour) of the time breakdown, in stacking order
@@ -27,7 +26,6 @@ PARTS = [  # (label, colour) of the time breakdown, in stacking order
     ("evaluation", "#a78bfa"),
 ]
 SINGLE, WIDE = (5.2, 3.3), (10.4, 3.3)
-SECTIONS = {"variant_speed": "variants", "prediction": "prediction"}  # plots shown outside the Plots section
 BATCH_MODE_WORDS = {"per_worker": "batch per worker", "global": "global batch split over the workers"}
 # Type of the plot callbacks: errors per group, and additions per group or for the whole axes.
 Group = list[dict]
@@ -234,6 +232,41 @@ def breakdown_plot(rows: list[dict]) -> Figure:
     return fig
 
 
+def step_time_plot(dists: list[dict]) -> Figure:
+    """summary.json's step_distributions: per world size a box of rank 0's steady steps (25th-75th
+    percentile, whiskers 5th-95th, the median line) per (variant, batch size), and every rank's
+    median step as a dot beside it, so that a slow rank shows."""
+    groups = list(dict.fromkeys((d["variant"], d["batch_size"]) for d in dists))
+    sizes = sorted({d["world_size"] for d in dists})
+    width = 0.8 / len(groups)
+    fig = Figure(figsize=WIDE, layout="constrained")
+    ax = fig.add_subplot()
+    for d in dists:
+        gi = groups.index((d["variant"], d["batch_size"]))
+        x, colour = sizes.index(d["world_size"]) + (gi - (len(groups) - 1) / 2) * width, PALETTE[gi % len(PALETTE)]
+        ms = {k: 1e3 * d[k] for k in ("p5_s", "p25_s", "median_s", "p75_s", "p95_s")}
+        box = {"med": ms["median_s"], "q1": ms["p25_s"], "q3": ms["p75_s"], "whislo": ms["p5_s"], "whishi": ms["p95_s"]}
+        ax.bxp(
+            [box | {"fliers": []}],
+            positions=[x],
+            widths=width * 0.6,
+            showfliers=False,
+            patch_artist=True,
+            boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
+            medianprops={"color": colour},
+        )
+        ranks = 1e3 * np.asarray(d["rank_median_s"])
+        ax.plot(np.full(len(ranks), x + width * 0.4), ranks, "o", ms=3, color=colour)
+    for gi, group in enumerate(groups):
+        ax.plot([], [], "s", color=PALETTE[gi % len(PALETTE)], alpha=0.5, label=group_label(group, groups))
+    ax.set_xticks(range(len(sizes)), [str(w) for w in sizes])
+    ax.set_xlabel("workers (world size)")
+    ax.set_ylabel("step time (ms)")
+    ax.set_title("Steady-state step times: rank 0's steps (box 25-75 %, whiskers 5-95 %), each rank's median (dots)")
+    ax.legend()
+    return fig
+
+
 def learning_curves_plot(curves: list[dict]) -> Figure:
     """summary.json's mean test accuracy and loss per epoch, one line per (variant, batch size, world
     size): a colour per world size, a line style per (variant, batch size)."""
@@ -333,92 +366,3 @@ def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
         ax.legend()
     axes["per_worker"].set_ylabel("speedup T(1) / T(W)")
     return fig
-
-
-def make_plots(summary: dict) -> list[dict]:
-    """Each plot: name (its file and id), caption, whether it spans the page, and its SVG."""
-    rows, amdahl = summary["rows"], summary.get("amdahl_serial_fraction") or {}
-    specs = [
-        (
-            "speedup",
-            False,
-            "Speedup of the training time against one worker (geometric mean over the seeds, 95 % interval of the "
-            f"mean log speedup, none below 3 seeds), ideal line and {amdahl_caption(summary)}.",
-            lambda: speedup_plot(rows, amdahl),
-        ),
-        (
-            "efficiency",
-            False,
-            "Parallel efficiency: speedup divided by the number of workers.",
-            lambda: efficiency_plot(rows),
-        ),
-        ("throughput", False, "Training images per second over all workers.", lambda: throughput_plot(rows)),
-        (
-            "accuracy",
-            False,
-            "Final test accuracy: larger world sizes train with a larger global batch.",
-            lambda: accuracy_plot(rows),
-        ),
-        (
-            "time_breakdown",
-            True,
-            "Mean time per run split into data loading, compute, exposed communication, "
-            "other training time, and evaluation.",
-            lambda: breakdown_plot(rows),
-        ),
-        (
-            "learning_curves",
-            True,
-            "Test accuracy and loss after each epoch, one line per world size.",
-            lambda: learning_curves_plot(summary["learning_curves"]),
-        ),
-    ]
-    plots = []
-    for name, wide, caption, build in specs + variant_specs(summary["variants"]) + prediction_specs(summary):
-        if name == "learning_curves" and not summary["learning_curves"]:
-            continue
-        with matplotlib.rc_context(SVG_STYLE):  # style applies while the figure is built, too
-            svg = svg_text(build())
-        section = SECTIONS.get(name, "plots")
-        plots.append({"name": name, "wide": wide, "caption": caption, "svg": svg, "section": section})
-    return plots
-
-
-def amdahl_caption(summary: dict) -> str:
-    """What the speedup plot says of its Amdahl fit: the fitted serial fractions, or why there is none."""
-    fits = ", ".join(
-        f"f = {a['f']:.3f} at " + (f"{a['variant']}, " if a["variant"] else "") + f"batch {a['batch_size']}"
-        for a in amdahl_list(summary.get("amdahl_serial_fraction") or {})
-        if a["f"] is not None
-    )
-    laws = (summary.get("statistics") or {}).get("scaling_laws")
-    if laws:
-        return f"Amdahl fit ({fits + '; ' if fits else ''}none where {laws['reason']})"
-    return f"Amdahl fit (fitted serial fraction {fits or 'not available: one world size'})"
-
-
-def variant_specs(variants: dict | None) -> list[tuple]:
-    """The Variants section's plot, when the study has variants."""
-    if not variants:
-        return []
-    baseline = variants["baseline"]
-    caption = (
-        f"Each variant against the baseline ({baseline}, at 1) at the same world size and batch size, paired by "
-        "seed: geometric mean with the 95 % interval of the mean log ratio (none below 3 pairs). "
-        "Left: images per second; right: how much sooner it reaches the target accuracy. A variant above 1 on the "
-        "left but not on the right trains faster per image but needs more epochs to reach the target."
-    )
-    return [("variant_speed", True, caption, lambda: variant_speed_plot(variants["speed_vs_accuracy"]))]
-
-
-def prediction_specs(summary: dict) -> list[tuple]:
-    """The "Beyond this machine" section's plot, when summary.json holds a prediction."""
-    prediction = summary["prediction"]
-    if not prediction:
-        return []
-    caption = (
-        "Measured speedup (points, 95 % CI) and the scaling model's prediction per network, dashed, up to "
-        f"{prediction['max_world_size']} workers (log2 axes). Left: every worker keeps the batch the runs used; "
-        "right: that batch is split over the workers. Each added worker is assumed to bring its own cores or GPU."
-    )
-    return [("prediction", True, caption, lambda: prediction_plot(summary["rows"], prediction))]

@@ -23,8 +23,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ddpbench.figures import make_plots
 from ddpbench.io import atomic_write_text
-from ddpbench.plots import BATCH_MODE_WORDS, amdahl_list, by_group, make_plots
+from ddpbench.plots import BATCH_MODE_WORDS, amdahl_list, by_group
 from ddpbench.runs import VARIANT_NAME, load_config, run_name
 from ddpbench.svg import inline_svg
 

@@ -4,6 +4,7 @@ JSON records."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ddpbench.runs import EXPECTED_NAME, RunsError, run_name
@@ -73,6 +74,16 @@ def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame
         ["variant", "batch_size", "world_size", "seed"],
         key=lambda column: column.map(rank) if column.name == "variant" else column,
     ).reset_index(drop=True)
+
+
+def add_run_order(df: pd.DataFrame, planned: list[str]) -> pd.DataFrame:
+    """Every run's place in ``planned`` (the order ddpbench.order meant them to start in; empty for a
+    run not in it) and its real start order among these runs (by started_utc), both from 1."""
+    position = {name: i + 1 for i, name in enumerate(planned)}
+    df = df.copy()
+    df["planned_order"] = df.name.map(position).astype(float)
+    df["start_order"] = pd.to_datetime(df.started_utc).rank(method="first").astype(int)
+    return df
 
 
 def group_label(variant: str, batch_size: int) -> str:
@@ -170,6 +181,43 @@ def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[di
                 "epoch": [int(e) for e in mean.index],
                 "test_acc": mean.test_acc.tolist(),
                 "test_loss": mean.test_loss.tolist(),
+            }
+        )
+    return out
+
+
+STEP_QUANTILES = {"p5_s": 5, "p25_s": 25, "median_s": 50, "p75_s": 75, "p95_s": 95}
+
+
+def steady_steps(run: dict) -> list[float]:
+    """Rank 0's steps after the run's warm-up (ddpbench.records.steady_state), in order."""
+    series = [t for e in run["epochs"] for t in e["step_times_s"]]
+    return series[run["totals"]["warmup_steps"] :]
+
+
+def step_distributions(runs: list[dict], order: list[str] | None = None) -> list[dict]:
+    """Per (variant, batch size, world size): rank 0's steady-state steps pooled over the seeds, as
+    the percentiles of STEP_QUANTILES in seconds, and each rank's median step (the median over the
+    seeds' epochs of its per-epoch median)."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        cfg = r["config"]
+        groups.setdefault((r.get("_variant", ""), cfg["batch_size"], cfg["world_size"]), []).append(r)
+    out = []
+    for (variant, bs, ws), members in sorted(groups.items(), key=lambda item: (rank.get(item[0][0], 0), *item[0][1:])):
+        steady = [t for r in members for t in steady_steps(r)]
+        quantiles = np.percentile(steady, list(STEP_QUANTILES.values())).tolist()
+        medians = [[e["step_time_ranks"][i]["median_s"] for r in members for e in r["epochs"]] for i in range(ws)]
+        out.append(
+            {
+                "variant": variant or None,
+                "batch_size": int(bs),
+                "world_size": int(ws),
+                "n_seeds": len(members),
+                "steps": len(steady),
+                **dict(zip(STEP_QUANTILES, quantiles, strict=True)),
+                "rank_median_s": [float(np.median([m for m in ms if m is not None])) for ms in medians],
             }
         )
     return out

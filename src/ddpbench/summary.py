@@ -52,14 +52,17 @@ from ddpbench.comparison import (
 )
 from ddpbench.conditions import machine, method, overlaps, resource_kind, resource_model, shared_run_config
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
+from ddpbench.order import describe as describe_order
 from ddpbench.predict import DEFAULT_MAX_WORLD_SIZE, parse_networks, predict_from_runs, prediction_csv
 from ddpbench.runs import RunsError, checked_runs, load_comm, load_config
 from ddpbench.runtable import (
+    add_run_order,
     add_speedup,
     expected_missing,
     learning_curves,
     records,
     runs_table,
+    step_distributions,
     unpaired_speedup,
 )
 from ddpbench.stats import (
@@ -224,8 +227,10 @@ def headlines(summary: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
     return records(pd.DataFrame(out))
 
 
-def statistics(fixed: list[str]) -> dict:
-    """How the summary's estimates are computed, for the report to name (summary.json: statistics)."""
+def statistics(fixed: list[str], config: dict | None = None) -> dict:
+    """How the summary's estimates are computed and the runs ordered, for the report to name
+    (summary.json: statistics); without the workflow ``config`` the planned order is unknown."""
+    grid = (config or {}).get("grid")
     return {
         "confidence": CONFIDENCE,
         "min_interval_n": MIN_INTERVAL_N,
@@ -236,6 +241,7 @@ def statistics(fixed: list[str]) -> dict:
         "repetitions": "seeds are the unit of replication for accuracy and double as the timing repetitions; "
         + DEFINITIONS["variability"],
         "scaling_laws": scaling_laws(fixed),
+        "run_order": describe_order(grid.get("order_seed")) if grid else None,
     }
 
 
@@ -305,7 +311,7 @@ def build_summary(
     runs, variants, baseline = checked_runs(paths, schema, expected, config, config_source)
     prediction, prediction_reason = scaling_prediction(runs, load_comm(comm or []), config, baseline)
     order = list(variants or [])
-    table = add_baseline_pairs(add_speedup(runs_table(runs, order)), baseline)
+    table = add_baseline_pairs(add_speedup(add_run_order(runs_table(runs, order), expected)), baseline)
     effect = min_effect(config)
     summary, n_tests = mark_cells(summarize(table), baseline, effect)
     fixed = cores_fixed(table)
@@ -318,9 +324,10 @@ def build_summary(
         "missing_runs": expected_missing(expected, table),
         "speedup_unpaired": unpaired_speedup(table),
         "amdahl_serial_fraction": amdahl_fits(summary, fixed),
-        "statistics": statistics(fixed),
+        "statistics": statistics(fixed, config),
         "headlines": headlines(summary, table),
         "learning_curves": learning_curves(runs, order),
+        "step_distributions": step_distributions(runs, order),
         "resource_model": resource_model(table),
         "variants": variants_summary(variants, baseline, summary, comparison_tests(n_tests, effect)),
         "machine": machine(runs),
@@ -344,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "--expect",
         nargs="*",
         default=[],
-        help="run names the grid asks for: ws<W>_bs<B>_seed<S>, or <variant>/ws<W>_bs<B>_seed<S> with grid.variants",
+        help="run names the grid asks for, in the order they were planned to start (ddpbench.order): "
+        "ws<W>_bs<B>_seed<S>, or <variant>/ws<W>_bs<B>_seed<S> with grid.variants",
     )
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 # The rules call this checkout's package (the plan, run options, atomic writes); it never calls them.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from ddpbench import plan
+from ddpbench import order, plan
 
 CONFIG_SCHEMA = "../schemas/config.schema.yaml"
 
@@ -44,6 +44,9 @@ JOBS = plan.Jobs(GRID, cores=lambda: workflow.cores, bench_slot_cap=getattr(_ben
 COMMBENCH = plan.CommBench(JOBS)
 
 RUN = GRID.run_pattern
+# Timed runs in rounds by seed, shuffled within a round (ddpbench.order): Snakemake starts them so.
+RUN_ORDER = order.timed_order(GRID.run_names(), config["grid"]["order_seed"])
+run_priority = order.priority_function(RUN_ORDER, RUN)
 run_names = GRID.run_names
 run_files = GRID.run_files
 existing_run_files = GRID.existing_run_files

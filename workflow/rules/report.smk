@@ -27,7 +27,7 @@ rule aggregate:
     conda:
         ENV
     params:
-        expected=run_names(),
+        expected=RUN_ORDER,
     shell:
         # The log's end on the console too: a refused run names its file and the fix.
         "python -m ddpbench.summary --runs {input.runs} --schema {input.schema} --config {input.config}"
@@ -94,7 +94,7 @@ rule partial_report:
     params:
         runs=existing_run_files,
         comm=lambda wildcards: [path for path in COMM_FILES if os.path.exists(path)],
-        expected=run_names(),
+        expected=RUN_ORDER,
         schema=workflow.source_path("../schemas/run.schema.json"),
     shell:
         "(python -m ddpbench.summary --runs {params.runs} --schema {params.schema}"

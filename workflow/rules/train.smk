@@ -12,6 +12,7 @@ rule train:
     conda:
         ENV
     threads: train_threads
+    priority: run_priority
     resources:
         # Timed runs never share the machine: profiles/default caps bench_slot at 1.
         bench_slot=1,
