@@ -9,10 +9,10 @@ rule train:
         f"benchmarks/train/{RUN}.tsv"
     wildcard_constraints:
         world_size=world_size_pattern(multinode=False),
+    priority: run_priority
     conda:
         ENV
     threads: train_threads
-    priority: run_priority
     resources:
         # Timed runs never share the machine: profiles/default caps bench_slot at 1.
         bench_slot=1,
