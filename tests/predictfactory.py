@@ -11,9 +11,17 @@ from ddpbench import allreduce
 SWEEP = COMM_SIZES  # the message sizes commbench sweeps, 8 B to 64 MiB
 
 
-def synthetic_times(alpha: float, bandwidth: float, world: int, noise: float = 0.0, seed: int = 0) -> list[float]:
+def synthetic_times(
+    alpha: float,
+    bandwidth: float,
+    world: int,
+    noise: float = 0.0,
+    seed: int = 0,
+    algorithm: str = "ring",
+    constant: float = 0.0,
+) -> list[float]:
     rng = np.random.default_rng(seed)
-    exact = np.array([allreduce.allreduce_seconds(n, world, alpha, bandwidth) for n in SWEEP])
+    exact = np.array([allreduce.allreduce_seconds(n, world, alpha, bandwidth, algorithm, constant) for n in SWEEP])
     return list(exact * (1 + rng.uniform(-noise, noise, size=exact.size)))
 
 
@@ -42,17 +50,20 @@ def synthetic_run(world: int, alpha: float = 40e-6, bandwidth: float = 1e9, slow
             "batch_size": 32,
         },
         "model": {"parameters": 1_000_000},
+        "dataset": {"train_samples_used": 10 * 32 * world},
         "totals": totals,
         "epochs": [{"steps": 10}, {"steps": 10}],
     }
 
 
 BUCKETS = [3e6, 1e6]
-# A study's config with a prediction to 1,024 workers over two named networks.
+# A study's config with a prediction to 1,024 workers over two named networks (fewer bootstrap
+# replicates than the default: the tests check the intervals, not their precision).
 PREDICT_CONFIG = {
     "train": {"epochs": 3},
     "predict": {
         "max_world_size": 1024,
+        "bootstrap": 50,
         "networks": {
             "10GbE": {"bandwidth_gbit": 10, "latency_us": 50},
             "1GbE": {"bandwidth_gbit": 1, "latency_us": 50},

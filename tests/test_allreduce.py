@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from predictfactory import SWEEP, synthetic_times
 
@@ -24,7 +25,8 @@ def test_fit_recovers_latency_and_bandwidth():
     # Relative least squares: the 8-byte message (pure latency) is fitted as well as the 64 MiB one.
     assert fit.seconds(8, 4) == pytest.approx(6 * 30e-6, rel=0.05)
     assert fit.max_rel_error < 0.06 and fit.median_rel_error < 0.04
-    assert fit.formula.startswith("T(n, W) = 2 (W - 1) alpha + 2 (W - 1) / W * n / B")
+    assert fit.formula.startswith("T(n, W) = c + 2 (W - 1) alpha + 2 (W - 1) / W * n / B")
+    assert fit.constant_s == 0.0  # one world size: c and alpha are one number, and c is left at 0
 
 
 def test_fit_is_not_pulled_by_a_few_outlying_sizes():
@@ -56,3 +58,46 @@ def test_named_networks_add_latency_and_cap_bandwidth():
     assert slow.bandwidth_bytes_s == pytest.approx(1.25e8)
     fast = allreduce.network_fit(measured, bandwidth_gbit=100.0, latency_us=2)
     assert fast.bandwidth_bytes_s == pytest.approx(2e9)  # the host's own all-reduce is the bottleneck
+
+
+def test_halving_doubling_and_tree_formulas_by_hand():
+    # W = 8, alpha = 10 us, B = 1e9 B/s, n = 1e6 B, c = 5 us: log2 8 = 3.
+    # halving-doubling: 5e-6 + 2 * 3 * 10e-6 + 2 * 7 / 8 * 1e-3 = 5e-6 + 60e-6 + 1.75e-3.
+    assert allreduce.allreduce_seconds(1e6, 8, 10e-6, 1e9, "halving_doubling", 5e-6) == pytest.approx(1.815e-3)
+    # tree: 5e-6 + 2 * 3 * (10e-6 + 1e-3) = 5e-6 + 6.06e-3.
+    assert allreduce.allreduce_seconds(1e6, 8, 10e-6, 1e9, "tree", 5e-6) == pytest.approx(6.065e-3)
+    with pytest.raises(ValueError, match="unknown all-reduce algorithm 'star'"):
+        allreduce.allreduce_seconds(1e6, 8, 10e-6, 1e9, "star")
+
+
+def timings(algorithm: str, worlds=(2, 4, 8), constant: float = 0.0, noise: float = 0.0):
+    sizes = SWEEP * len(worlds)
+    times = [t for w in worlds for t in synthetic_times(20e-6, 3e9, w, noise, w, algorithm, constant)]
+    return sizes, times, [w for w in worlds for _ in SWEEP]
+
+
+def test_across_world_sizes_the_per_call_constant_is_fitted():
+    fit = allreduce.fit_collective(*timings("ring", constant=40e-6))
+    assert fit.constant_s == pytest.approx(40e-6, rel=1e-4)
+    assert (fit.alpha_s, fit.bandwidth_bytes_s) == (pytest.approx(20e-6, rel=1e-4), pytest.approx(3e9, rel=1e-4))
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling", "tree"])
+def test_auto_picks_the_algorithm_the_timings_follow(algorithm):
+    fit, quality = allreduce.choose_fit(*timings(algorithm, noise=0.02))
+    assert fit.algorithm == algorithm
+    assert [q["algorithm"] for q in quality if q["chosen"]] == [algorithm]
+
+
+def test_at_one_world_size_the_algorithms_tie_and_the_ring_stays():
+    # At W = 2 the ring and halving-doubling are one formula and the tree's B is half: no timing tells them apart.
+    fit, quality = allreduce.choose_fit(*timings("tree", worlds=(2,), noise=0.02))
+    assert fit.algorithm == "ring" and len(quality) == 3
+    assert allreduce.choose_fit(*timings("tree", worlds=(2,)), requested="tree")[0].algorithm == "tree"
+
+
+def test_a_bootstrap_sample_keeps_each_world_sizes_count():
+    sizes, times, worlds = timings("ring")
+    resampled = allreduce.resample_points(sizes, times, worlds, np.random.default_rng(0))
+    assert sorted(resampled[2]) == sorted(worlds) and set(resampled[0]) <= set(sizes)
+    assert resampled != (sizes, times, worlds)

@@ -57,18 +57,51 @@ def test_validation_reports_a_wrong_prediction():
     assert cases[1]["step_time_rel_error"] > 0.05
 
 
-def test_two_measured_sizes_predict_the_larger_from_the_smaller():
+def test_two_measured_sizes_with_timings_only_at_the_larger_are_not_validated():
+    """The default study on two cores: W = 1 and 2, all-reduce timed at W = 2 only. Predicting W = 2
+    would fit W = 2's own timings: the case says so and names the study that can check the model."""
     runs = [synthetic_run(w) for w in (1, 2)]
     points = commtimes.comm_points([comm_doc(2)])
     (case,) = holdout.validate(scaling.measure(runs), points, BUCKETS, "per_worker", 32)
-    assert (case["held_out"], case["fit_world_sizes"], case["comm_world_sizes"]) == (2, [1], [2])
-    # Nothing measured at W > 1 to learn the overlap from: none is assumed, so the prediction is slower.
-    assert case["step_time_rel_error"] > 0
+    assert (case["held_out"], case["fit_world_sizes"], case["validated"]) == (2, [1], False)
+    assert "prediction-check.yaml" in case["reason"] and "step_time_rel_error" not in case
+
+
+def test_a_held_out_world_size_never_reaches_a_fit(monkeypatch):
+    """Spy on every fit the validation makes: the all-reduce fit, the step profile, the co-location."""
+    seen = []
+    real_fit, real_profile, real_colocation = holdout.fit_collective, holdout.profile_from, scaling.Colocation.from_comm
+
+    def fit(sizes, seconds, worlds, algorithm):
+        seen.append(("allreduce", set(worlds)))
+        return real_fit(sizes, seconds, worlds, algorithm)
+
+    def profile(measured, *args):
+        seen.append(("profile", set(measured)))
+        return real_profile(measured, *args)
+
+    def colocation(docs, world_sizes=None):
+        seen.append(("colocation", set(world_sizes)))
+        return real_colocation(docs, world_sizes)
+
+    monkeypatch.setattr(holdout, "fit_collective", fit)
+    monkeypatch.setattr(holdout, "profile_from", profile)
+    monkeypatch.setattr(holdout.Colocation, "from_comm", colocation)
+    runs = [synthetic_run(w) for w in (1, 2, 4)]
+    docs = [comm_doc(2), comm_doc(4)]
+    cases = holdout.validate(
+        scaling.measure(runs), commtimes.comm_points(docs), BUCKETS, "per_worker", 32, comm_docs=docs
+    )
+    assert len(seen) == 3 * len(cases) == 9
+    for case, used in zip(cases, (seen[i : i + 3] for i in range(0, 9, 3)), strict=True):
+        assert all(case["held_out"] not in sizes for _, sizes in used), (case["held_out"], used)
 
 
 def test_validation_names_the_threads_per_rank_of_both_sides():
     # Cores fixed: W = 1 had both cores, each W = 2 rank one of them; the model assumes unchanged threads.
     runs = [synthetic_run(1), synthetic_run(2)]
     runs[0]["config"]["threads_per_worker"] = 2
-    (case,) = holdout.validate(scaling.measure(runs), commtimes.comm_points([comm_doc(2)]), BUCKETS, "per_worker", 32)
+    points = commtimes.comm_points([comm_doc(2), comm_doc(4)])  # timings at 4 as well: W = 2 can be checked
+    (case,) = holdout.validate(scaling.measure(runs), points, BUCKETS, "per_worker", 32)
     assert (case["fit_threads_per_worker"], case["held_out_threads_per_worker"]) == (2, 1)
+    assert case["comm_world_sizes"] == [4]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from predictfactory import BUCKETS, comm_doc, synthetic_run
 from runfactory import make_run
 
-from ddpbench import predict, scaling
+from ddpbench import bands, predict, scaling
 
 
 def test_network_names_and_specs_are_checked():
@@ -73,3 +74,56 @@ def test_prediction_from_schema_valid_runs_through_the_cli(tmp_path):
     assert set(prediction["networks"]) == {"measured", "10GbE", "100G_InfiniBand"}
     assert all(r["efficiency"] > 0 for r in prediction["rows"])
     assert csv.read_text().startswith("runs_batch_mode,batch_size,network,world_size,batch_mode")
+
+
+def noisy_comm(world: int, noise: float, seed: int) -> dict:
+    doc = comm_doc(world)
+    rng = np.random.default_rng(seed)
+    for point in doc["sweep"]:
+        point["median_s"] *= 1 + rng.uniform(-noise, noise)
+    return doc
+
+
+def test_the_bootstrap_bounds_every_predicted_value_and_the_fit():
+    runs = [synthetic_run(w) for w in (1, 2, 4)]
+    exact = predict.predict_from_runs(runs, [comm_doc(2), comm_doc(4)], {}, max_world_size=64, bootstrap=30)
+    noisy = predict.predict_from_runs(
+        runs, [noisy_comm(2, 0.2, 1), noisy_comm(4, 0.2, 2)], {}, max_world_size=64, bootstrap=30
+    )
+    assert exact["uncertainty"]["replicates"] == 30 and "percentile bootstrap" in exact["uncertainty"]["method"]
+    for prediction in (exact, noisy):
+        for row in prediction["rows"]:
+            for key in ("step_time_s", "speedup", "efficiency"):  # refits of exact timings differ in the last digits
+                low, high = row[f"{key}_ci95_low"], row[f"{key}_ci95_high"]
+                assert low <= row[key] * (1 + 1e-6) and row[key] <= high * (1 + 1e-6)
+    widest = max(r["step_time_s_ci95_high"] / r["step_time_s_ci95_low"] for r in exact["rows"])
+    assert widest == pytest.approx(1.0)  # exact timings and identical runs: no spread to draw
+    at_64 = next(
+        r for r in noisy["rows"] if (r["network"], r["batch_mode"], r["world_size"]) == ("measured", "per_worker", 64)
+    )
+    assert at_64["step_time_s_ci95_high"] > at_64["step_time_s_ci95_low"] * 1.001  # noisy timings: a band
+    low, high = noisy["collective_ci95"]["alpha_s"]
+    assert low < noisy["collective"]["alpha_s"] * 1.5 and high > noisy["collective"]["alpha_s"] / 1.5
+    assert "speedup_rel_error_ci95_low" in noisy["validation"][1]
+
+
+def test_percentile_interval_is_numpys_and_needs_half_the_replicates():
+    values = list(np.linspace(0, 1, 101))
+    assert bands.interval(values, 101) == (pytest.approx(0.025), pytest.approx(0.975))
+    assert bands.interval([1.0, None, None], 3) == (None, None)  # one of three replicates fitted: no interval
+    resampled = bands.resample_runs([synthetic_run(1), synthetic_run(2), synthetic_run(2)], np.random.default_rng(0))
+    assert sorted(r["config"]["world_size"] for r in resampled) == [1, 2, 2]
+
+
+def test_predicted_speedup_is_one_at_one_worker_and_far_points_are_marked():
+    runs = [synthetic_run(w) for w in (1, 2)]
+    prediction = predict.predict_from_runs(runs, [comm_doc(2)], {}, max_world_size=64, bootstrap=0)
+    rows = {(r["batch_mode"], r["world_size"]): r for r in prediction["rows"] if r["network"] == "measured"}
+    assert rows[("per_worker", 1)]["speedup"] == pytest.approx(1.0) and rows[("global", 1)]["speedup"] == pytest.approx(
+        1.0
+    )
+    # Largest measured W = 2: beyond 8 x 2 = 16 extrapolated. The runs' largest training set, 640 images (10
+    # steps of 32 per rank at W = 2), is smaller than the global batch 32 W from W = 32.
+    assert [w for (m, w), r in rows.items() if m == "per_worker" and r["extrapolated"]] == [32, 64]
+    assert [w for (m, w), r in rows.items() if m == "per_worker" and r["global_batch_exceeds_train_set"]] == [32, 64]
+    assert "uncertainty" not in prediction  # bootstrap 0: no intervals

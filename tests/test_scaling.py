@@ -106,3 +106,28 @@ def test_wait_for_the_slowest_rank_by_hand():
     # exposed remainder is the interconnect's, not a wait, so none is assumed.
     across_nodes = {4: replace(measured[2], world_size=4)}
     assert scaling.profile_from(across_nodes, [4e6], link(0.0, 1e9)).wait_s == 0.0
+
+
+def test_ranks_faster_together_than_alone_are_not_used():
+    """commbench timed two ranks at once at 0.73x one alone: implausible on a shared node, so 1 is used,
+    and the timing is kept to be named."""
+    docs = [
+        {
+            "world_size": 2,
+            "compute": {"slowdown": 0.73, "together_median_s": 0.073, "alone_median_s": 0.1, "rank_wait_s": 0.0},
+        }
+    ]
+    colocation = scaling.Colocation.from_comm(docs)
+    assert colocation.slowdown(2) == 1.0 and colocation.implausible == ((2, 0.73),)
+
+
+def test_untimed_communication_is_taken_out_of_the_compute():
+    """CUDA at W = 2: the runs time no communication, so their step holds the all-reduce. A synthetic
+    reference step of compute 0.05 s plus a 4 ms all-reduce (one 4 MB bucket at 1e9 B/s, nothing hidden):
+    the model must take the 4 ms out of the compute, or it would count them twice."""
+    step = 0.05 + 4e-3
+    measured = {2: scaling.Measured(2, 128, 1, step, step, 0.0, 0.0, None, None, 2 * 128 / step)}
+    profile = scaling.profile_from(measured, [4e6], link(0.0, 1e9))
+    assert profile.compute_s == pytest.approx(0.05)
+    row = scaling.predict_step(profile, 2, [4e6], link(0.0, 1e9), "per_worker", 128)
+    assert row["step_time_s"] == pytest.approx(step)  # the model gives back the step it was built from

@@ -583,7 +583,8 @@ def test_prediction_by_hand_for_one_point(tmp_path):
     assert prediction["comm_world_sizes"] == [2] and prediction["comm_files"] == [str(comm[0])]
     assert prediction["collective"]["alpha_s"] == pytest.approx(50e-6, rel=1e-6)
     assert prediction["collective"]["bandwidth_bytes_s"] == pytest.approx(1e9, rel=1e-6)
-    assert prediction["formula"].startswith("T(n, W) = 2 (W - 1) alpha + 2 (W - 1) / W * n / B")
+    assert prediction["formula"].startswith("T(n, W) = c + 2 (W - 1) alpha + 2 (W - 1) / W * n / B")
+    assert prediction["algorithm"] == "ring" and prediction["collective"]["constant_s"] == 0.0
     assert prediction["networks"]["1GbE"] | {} == pytest.approx(
         {"bandwidth_gbit": 1.0, "latency_us": 50.0, "alpha_s": 100e-6, "bandwidth_bytes_s": 1.25e8}
     )
@@ -595,7 +596,8 @@ def test_prediction_by_hand_for_one_point(tmp_path):
     # exposed half of it, 2.395828e-3 s, of the 0.0096 s measured: 7.204172e-3 s of waiting, times
     # e(4) / e(2) = 1.0293754 / 0.5641896 = 1.8245203 at W = 4: 1.3144158e-2 s.
     # step = 0.0025 + 0.1104 + 0.0025 + 3.743742e-3 + 1.3144158e-2 = 0.1322879 s; throughput 4 x 128 / step;
-    # speedup against W = 1's 2048 images / 1.6 s = 1280 images/s.
+    # speedup against the model's own one worker: the reference worker alone, 0.0025 + 0.1104 + 0.0025 = 0.1154 s
+    # per step of 128 images.
     (row,) = [
         r
         for r in prediction["rows"]
@@ -605,21 +607,32 @@ def test_prediction_by_hand_for_one_point(tmp_path):
     assert row["rank_wait_s"] == pytest.approx(1.3144158e-2, rel=1e-6)
     assert row["step_time_s"] == pytest.approx(0.1322879, rel=1e-6)
     assert row["throughput_samples_s"] == pytest.approx(512 / 0.1322879, rel=1e-6)
-    assert row["speedup"] == pytest.approx(512 / 0.1322879 / 1280, rel=1e-6)
-    assert row["efficiency"] == pytest.approx(512 / 0.1322879 / 1280 / 4, rel=1e-6)
+    one = 128 / 0.1154
+    assert row["speedup"] == pytest.approx(512 / 0.1322879 / one, rel=1e-6)
+    assert row["efficiency"] == pytest.approx(512 / 0.1322879 / one / 4, rel=1e-6)
     (curve,) = [c for c in prediction["curves"] if (c["network"], c["batch_mode"]) == ("1GbE", "per_worker")]
     assert curve["world_sizes"] == [1, 2, 4, 8, 16, 32, 64]  # up to predict.max_world_size
-    # At W = 1 the reference worker (0.0025 + 0.1104 + 0.0025 = 0.1154 s per step, no collective) against the
-    # measured one-worker run's 0.1 s per step.
-    assert curve["efficiency"][0] == pytest.approx(0.1 / 0.1154, rel=1e-6)
-    # Validation, W = 2 predicted from W = 1 (nothing hidden known there; comm fitted on the W = 2 timings, the only
-    # ones): per step data 0.002 s, compute 0.096 - 0.00192 = 0.09408 s, other 0.002 s, and all of the busy
-    # 2 x 2 x 50e-6 + 4591656 / 1e9 = 4.791656e-3 s exposed: 0.102871656 s against the measured 0.125 s.
+    assert curve["speedup"][0] == pytest.approx(1.0, rel=1e-12)  # the model's own one worker: 1 at W = 1
+    assert curve["efficiency"][0] == pytest.approx(1.0, rel=1e-12)
+    # All-reduce timed at W = 2 only: predicting W = 2 would fit its own timings, so it is not validated.
     (case,) = prediction["validation"]
-    assert (case["held_out"], case["fit_world_sizes"]) == (2, [1])
+    assert (case["held_out"], case["validated"]) == (2, False) and not prediction["validated"]
+    assert "prediction-check.yaml" in case["reason"]
+    # With timings at W = 4 as well, W = 2 is predicted from W = 1 and the fit to the W = 4 timings alone (the
+    # same alpha and B): nothing hidden known at W = 1; per step data 0.002 s, compute 0.096 - 0.00192 =
+    # 0.09408 s, other 0.002 s, and all of the busy 2 x 2 x 50e-6 + 4591656 / 1e9 = 4.791656e-3 s exposed:
+    # 0.102871656 s against the measured 0.125 s.
+    (tmp_path / "checked").mkdir()
+    paths, comm, config = predicted_study(tmp_path / "checked", comm_world_sizes=(2, 4))
+    result, _ = build_summary(paths, RUN_SCHEMA, config=load_config(config), comm=comm)
+    (case,) = result["prediction"]["validation"]
+    assert (case["held_out"], case["fit_world_sizes"], case["comm_world_sizes"]) == (2, [1], [4])
     assert case["predicted_step_time_s"] == pytest.approx(0.102871656, rel=1e-6)
     assert case["step_time_rel_error"] == pytest.approx(0.102871656 / 0.125 - 1, rel=1e-6)
     assert case["speedup_rel_error"] == pytest.approx((256 / 0.102871656 / 1280) / (2048 / 1.0 / 1280) - 1, rel=1e-6)
+    # Exact timings and runs whose seeds differ only in accuracy: the bootstrap's interval is the estimate itself.
+    assert case["predicted_step_time_s_ci95_low"] == pytest.approx(0.102871656, rel=1e-6)
+    assert case["predicted_step_time_s_ci95_high"] == pytest.approx(0.102871656, rel=1e-6)
     assert prediction["assumptions"] and "prediction" in result["definitions"]
 
 
@@ -657,7 +670,7 @@ def test_a_grid_of_one_worker_still_aggregates_without_a_prediction(tmp_path):
 
 def test_the_prediction_is_the_baselines_with_variants(tmp_path):
     paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1], variants=FACTORY_VARIANTS)
-    comm = write_comm(tmp_path / "comm", [2])
+    comm = write_comm(tmp_path / "comm", [2, 4])  # timings at 4 too: W = 2 can be checked
     result, _ = build_summary(paths, RUN_SCHEMA, expected, VARIANT_CONFIG, comm=comm)
     baseline = result["variants"]["baseline"]
     assert result["prediction"]["variant"] == baseline

@@ -19,13 +19,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from ddpbench.allreduce import fit_collective, network_fit
-from ddpbench.commtimes import comm_points, gradient_buckets
+from ddpbench.allreduce import CollectiveFit, choose_fit, fit_collective, network_fit
+from ddpbench.bands import replicates, with_uncertainty
+from ddpbench.commtimes import CommPoints, comm_points, gradient_buckets
 from ddpbench.holdout import validate
 from ddpbench.io import atomic_write_json, atomic_write_text
-from ddpbench.scaling import DEFAULT_MAX_WORLD_SIZE, Colocation, curves, measure, predict_curves, profile_from
+from ddpbench.scaling import (
+    DEFAULT_MAX_WORLD_SIZE,
+    EXTRAPOLATION_FACTOR,
+    Colocation,
+    curves,
+    measure,
+    predict_curves,
+    predict_step,
+    profile_from,
+)
 
 MEASURED_NETWORK = "measured"
+DEFAULT_BOOTSTRAP = 200  # replicates, as the config schema's predict.bootstrap default
 DEFAULT_NETWORKS: dict[str, dict[str, float]] = {
     "10GbE": {"bandwidth_gbit": 10.0, "latency_us": 50.0},
     "100G_InfiniBand": {"bandwidth_gbit": 100.0, "latency_us": 2.0},
@@ -55,7 +66,11 @@ ASSUMPTIONS = (
     "Compute and data time per sample do not depend on the world size, apart from the ranks sharing a node "
     "(below); in the global batch mode they scale linearly with the per-rank batch (global batch / W), fixed "
     "per-step costs included.",
-    "The all-reduce is a ring, one collective per DDP gradient bucket, one after another.",
+    "The all-reduce follows the chosen algorithm's formula (the ring unless the timings clearly favour another), "
+    "one collective per DDP gradient bucket, one after another.",
+    "Predicted speedup and efficiency are against the model's own one worker (one rank of the reference's "
+    "threads, alone), so the speedup is 1 at W = 1; where the measured W = 1 had other threads per rank (cores "
+    "fixed), the measured speedups above answer another question.",
     "A flat network: every pair of workers is joined at the same bandwidth and latency, with no contention.",
     "On a named network the per-step latency is the latency measured here plus the network's, and the "
     "bandwidth the lower of the one measured here (the host's all-reduce throughput) and the network's.",
@@ -93,59 +108,115 @@ def parse_networks(networks: Mapping[str, Mapping[str, float]] | None) -> dict[s
     return parsed
 
 
+def network_fits(measured: CollectiveFit, networks: Mapping | None) -> tuple[dict, dict]:
+    """The fitted collective on the network measured here and on each named one; their parameters."""
+    fits = {MEASURED_NETWORK: measured}
+    specs = {
+        MEASURED_NETWORK: {"bandwidth_gbit": measured.bandwidth_bytes_s * 8e-9, "latency_us": measured.alpha_s * 1e6}
+    }
+    for name, (gbit, latency) in parse_networks(networks).items():
+        fits[name] = network_fit(measured, gbit, latency)
+        specs[name] = {"bandwidth_gbit": gbit, "latency_us": latency}
+    for name, fit in fits.items():
+        specs[name].update(alpha_s=fit.alpha_s, bandwidth_bytes_s=fit.bandwidth_bytes_s)
+    return fits, specs
+
+
+def batch_groups(runs: Sequence[Mapping]) -> list[tuple[tuple[str, int], list[Mapping]]]:
+    """The runs per batch configuration (batch mode, batch size), sorted."""
+    groups: dict[tuple[str, int], list[Mapping]] = {}
+    for run in runs:
+        groups.setdefault((run["config"]["batch_size_mode"], run["config"]["batch_size"]), []).append(run)
+    return sorted(groups.items())
+
+
+def limits(row: Mapping, largest: int, train_samples: int) -> dict:
+    """Where a predicted row is beyond what anything checked: more than EXTRAPOLATION_FACTOR times the
+    largest measured world size; with a batch per worker, a global batch larger than the training set."""
+    return {
+        "extrapolated": row["world_size"] > EXTRAPOLATION_FACTOR * largest,
+        "global_batch_exceeds_train_set": row["batch_mode"] == "per_worker"
+        and row["world_size"] * row["per_rank_batch"] > train_samples,
+    }
+
+
+def predict_once(
+    runs: Sequence[Mapping],
+    points: CommPoints,
+    comm_docs: Sequence[Mapping],
+    networks: Mapping | None,
+    max_world_size: int,
+    algorithm: str,
+) -> dict:
+    """One fit of ``algorithm`` and the prediction from it: per batch configuration, network and batch
+    mode the predicted rows, with speedup against the model's own one worker (1 at W = 1); the
+    validation; the step profiles."""
+    fit = fit_collective(*points, algorithm=algorithm)
+    fits, specs = network_fits(fit, networks)
+    buckets = gradient_buckets(comm_docs, runs)
+    colocation = Colocation.from_comm(comm_docs)
+    rows, validation, profiles = [], [], []
+    for (mode, batch), group in batch_groups(runs):
+        measured = measure(group)
+        profile = profile_from(measured, buckets, fit, colocation)
+        one = predict_step(profile, 1, buckets, fit, "per_worker", batch)["throughput_samples_s"]
+        tag = {"runs_batch_mode": mode, "batch_size": batch}
+        profiles.append({**tag, **asdict(profile)})
+        train_samples = max(run["dataset"]["train_samples_used"] for run in group)
+        for row in predict_curves(profile, buckets, fits, batch, one, max_world_size):
+            rows.append({**tag, **row, **limits(row, max(measured), train_samples)})
+        cases = validate(measured, points, buckets, mode, batch, algorithm, comm_docs)
+        validation += [{**tag, **case} for case in cases]
+    return {
+        "fit": fit.to_dict(),
+        "specs": specs,
+        "buckets": buckets,
+        "rows": rows,
+        "validation": validation,
+        "profiles": profiles,
+    }
+
+
 def predict_from_runs(
     runs: Sequence[Mapping],
     comm_docs: Sequence[Mapping],
     networks: Mapping[str, Mapping[str, float]] | None = None,
     max_world_size: int = DEFAULT_MAX_WORLD_SIZE,
-    algorithm: str = "ring",
+    algorithm: str = "auto",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
 ) -> dict:
     """The prediction for ``summary.json``: per batch configuration of the runs, network and batch
-    mode, the predicted rows; the fitted collective; the validation; the assumptions."""
+    mode, the predicted rows; the fitted collective (``algorithm``, or with "auto" the one the
+    timings favour, ddpbench.allreduce.choose_fit); the validation; the assumptions; with
+    ``bootstrap`` replicates, the intervals of ddpbench.bands on all of them."""
     if not runs or not comm_docs:
         raise ValueError("a prediction needs measured runs and at least one ddpbench.commbench output")
     points = comm_points(comm_docs)
-    measured_fit = fit_collective(*points, algorithm=algorithm)
-    fits = {MEASURED_NETWORK: measured_fit}
-    specs = {
-        MEASURED_NETWORK: {
-            "bandwidth_gbit": measured_fit.bandwidth_bytes_s * 8e-9,
-            "latency_us": measured_fit.alpha_s * 1e6,
-        }
-    }
-    for name, (gbit, latency) in parse_networks(networks).items():
-        fits[name] = network_fit(measured_fit, gbit, latency)
-        specs[name] = {"bandwidth_gbit": gbit, "latency_us": latency}
-    for name, fit in fits.items():
-        specs[name].update(alpha_s=fit.alpha_s, bandwidth_bytes_s=fit.bandwidth_bytes_s)
-    buckets = gradient_buckets(comm_docs, runs)
-    groups: dict[tuple[str, int], list[Mapping]] = {}
-    for run in runs:
-        groups.setdefault((run["config"]["batch_size_mode"], run["config"]["batch_size"]), []).append(run)
-    rows, validation, profiles = [], [], []
-    for (mode, batch), group in sorted(groups.items()):
-        measured = measure(group)
-        profile = profile_from(measured, buckets, measured_fit, Colocation.from_comm(comm_docs))
-        baseline = measured[1].throughput_samples_s if 1 in measured else None
-        tag = {"runs_batch_mode": mode, "batch_size": batch}
-        profiles.append({**tag, **asdict(profile)})
-        for row in predict_curves(profile, buckets, fits, batch, baseline, max_world_size):
-            rows.append({**tag, **row})
-        cases = validate(measured, points, buckets, mode, batch, algorithm, comm_docs)
-        validation += [{**tag, **case} for case in cases]
-    return {
-        "algorithm": algorithm,
-        "formula": measured_fit.formula,
+    chosen, quality = choose_fit(*points, requested=algorithm)
+    once = predict_once(runs, points, comm_docs, networks, max_world_size, chosen.algorithm)
+    prediction = {
+        "algorithm": chosen.algorithm,
+        "algorithm_requested": algorithm,
+        "algorithm_fits": quality,
+        "formula": chosen.formula,
         "assumptions": list(ASSUMPTIONS),
-        "collective": measured_fit.to_dict(),
-        "networks": specs,
-        "bucket_bytes": buckets,
+        "collective": once["fit"],
+        "networks": once["specs"],
+        "bucket_bytes": once["buckets"],
         "max_world_size": max_world_size,
-        "profiles": profiles,
-        "rows": rows,
-        "curves": curves(rows),
-        "validation": validation,
+        "extrapolation_factor": EXTRAPOLATION_FACTOR,
+        "profiles": once["profiles"],
+        "rows": once["rows"],
+        "validation": once["validation"],
+        "validated": any(case["validated"] for case in once["validation"]),
     }
+    if bootstrap:
+
+        def again(sample_runs, sample_points):
+            return predict_once(sample_runs, sample_points, comm_docs, networks, max_world_size, chosen.algorithm)
+
+        prediction = with_uncertainty(prediction, replicates(again, runs, points, bootstrap), bootstrap)
+    return {**prediction, "curves": curves(prediction["rows"])}
 
 
 def prediction_csv(prediction: Mapping | None) -> str:
@@ -170,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help='JSON, e.g. \'{"10GbE": {"bandwidth_gbit": 10, "latency_us": 50}}\' (default: 10GbE, 100G_InfiniBand)',
     )
     p.add_argument("--max-world-size", type=int, default=DEFAULT_MAX_WORLD_SIZE)
+    p.add_argument("--algorithm", default="auto", help="ring, halving_doubling, tree, or auto (the best fit)")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="replicates for the intervals (0: none)")
     args = p.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.runs]
     comm = [json.loads(path.read_text()) for path in args.comm]
     try:
-        prediction = predict_from_runs(runs, comm, args.networks, args.max_world_size)
+        prediction = predict_from_runs(runs, comm, args.networks, args.max_world_size, args.algorithm, args.bootstrap)
     except ValueError as exc:
         p.exit(2, f"ddpbench.predict: {exc}\n")
     atomic_write_json(args.out, prediction)

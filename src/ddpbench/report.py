@@ -162,8 +162,19 @@ def prediction_table(prediction: Mapping | None) -> dict | None:
     sizes = [w for w in TABLED_WORLD_SIZES if w <= prediction["max_world_size"]]
     rows = []
     for curve in prediction["curves"]:
-        at = dict(zip(curve["world_sizes"], curve["efficiency"], strict=True))
-        rows.append({**curve, "cells": [(w, at.get(w)) for w in sizes]})
+        at = {
+            w: {
+                "world_size": w,
+                "value": curve["efficiency"][i],
+                "low": curve["efficiency_ci95_low"][i],
+                "high": curve["efficiency_ci95_high"][i],
+                "extrapolated": curve["extrapolated"][i],
+                "exceeds": curve["global_batch_exceeds_train_set"][i],
+            }
+            for i, w in enumerate(curve["world_sizes"])
+        }
+        empty = {"value": None, "low": None, "high": None, "extrapolated": False, "exceeds": False}
+        rows.append({**curve, "cells": [at.get(w, {"world_size": w, **empty}) for w in sizes]})
     return {"world_sizes": sizes, "rows": rows, "several_batches": len({r["batch_size"] for r in rows}) > 1}
 
 

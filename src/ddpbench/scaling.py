@@ -32,6 +32,9 @@ from ddpbench.stats import expected_max_normal
 
 BATCH_MODES = ("per_worker", "global")
 CURVE_KEYS = ("step_time_s", "throughput_samples_s", "speedup", "efficiency")
+BAND_KEYS = ("step_time_s", "speedup", "efficiency")  # the predicted values that carry a bootstrap interval
+EXTRAPOLATION_FACTOR = 8  # beyond this many times the largest measured world size: extrapolated
+FLAG_KEYS = ("extrapolated", "global_batch_exceeds_train_set")  # where a predicted point was never checked
 DEFAULT_MAX_WORLD_SIZE = 1024
 
 
@@ -42,6 +45,9 @@ class Colocation:
     wait for the slowest rank as a fraction of the step)."""
 
     measured: tuple[tuple[int, float, float], ...] = ()
+    # Timings where the ranks computed faster together than one alone: (n, slowdown). Implausible
+    # where they share a node's cores, memory and clocks, so never used: 1 is assumed instead.
+    implausible: tuple[tuple[int, float], ...] = ()
 
     @classmethod
     def from_comm(cls, comm_docs: Iterable[Mapping], world_sizes: set[int] | None = None) -> Colocation:
@@ -53,12 +59,14 @@ class Colocation:
         }
         chosen = {w: c for w, c in found.items() if world_sizes is None or w in world_sizes}
         by_ranks = {int(c.get("ranks_per_node", w)): c for w, c in chosen.items()}
+        timed = [
+            (n, float(c["slowdown"]), float(c["rank_wait_s"]) / float(c["together_median_s"]))
+            for n, c in sorted(by_ranks.items())
+            if n >= 2
+        ]
         return cls(
-            tuple(
-                (n, float(c["slowdown"]), float(c["rank_wait_s"]) / float(c["together_median_s"]))
-                for n, c in sorted(by_ranks.items())
-                if n >= 2
-            )
+            tuple((n, max(1.0, slowdown), wait) for n, slowdown, wait in timed),
+            tuple((n, slowdown) for n, slowdown, _ in timed if slowdown < 1.0),
         )
 
     def node_ranks(self, world_size: int) -> int:
@@ -202,12 +210,18 @@ def curves(rows: Iterable[Mapping]) -> list[dict]:
                 "network": key[2],
                 "batch_mode": key[3],
                 "world_sizes": [],
-                **{name: [] for name in CURVE_KEYS},
+                **{name: [] for name in (*CURVE_KEYS, *FLAG_KEYS)},
+                **{f"{name}_ci95_{end}": [] for name in BAND_KEYS for end in ("low", "high")},
             },
         )
         curve["world_sizes"].append(row["world_size"])
+        for name in FLAG_KEYS:
+            curve[name].append(bool(row.get(name, False)))
         for name in CURVE_KEYS:
             curve[name].append(row[name])
+        for name in BAND_KEYS:
+            for end in ("low", "high"):
+                curve[f"{name}_ci95_{end}"].append(row.get(f"{name}_ci95_{end}"))
     return list(grouped.values())
 
 
@@ -285,7 +299,9 @@ def profile_from(
     slowest rank: the reference's exposed communication beyond what the all-reduce of
     ``bucket_bytes`` costs by the fit. Where that cannot be told (a one-rank reference waits for
     nobody; across nodes the remainder is the interconnect's, which the named networks add anyway),
-    the wait is the ``colocation`` timing's, as a fraction of the compute there; without one, 0."""
+    the wait is the ``colocation`` timing's, as a fraction of the compute there; without one, 0.
+    Where the runs did not time their communication (CUDA), their compute holds the exposed
+    all-reduce: the fitted cost of the buckets (less the hidden share) is taken out of it."""
     if not measured:
         raise ValueError("no measured runs to build a step profile from")
     ref = measured[max(measured)]
@@ -300,6 +316,10 @@ def profile_from(
         threads_per_worker=ref.threads_per_worker,
         colocation=colocation,
     )
+    if ref.comm_exposed_s is None and ref.world_size > 1 and collective is not None:
+        # Communication untimed (CUDA): the step's compute holds the exposed all-reduce, which the model adds.
+        busy = sum(collective.seconds(b, ref.world_size) for b in bucket_bytes)
+        profile = replace(profile, compute_s=max(0.0, ref.compute_s - busy * (1.0 - hidden)))
     # The residual only where the all-reduce was timed at the reference's size.
     if collective is not None and ref.world_size in collective.world_sizes and ref.comm_exposed_s is not None:
         _, exposed = communication(collective, bucket_bytes, ref.world_size, hidden, ref.compute_s)

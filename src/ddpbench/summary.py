@@ -53,7 +53,13 @@ from ddpbench.comparison import (
 from ddpbench.conditions import machine, method, overlaps, resource_kind, resource_model, shared_run_config
 from ddpbench.io import atomic_write_json, atomic_write_text, utc_now
 from ddpbench.order import describe as describe_order
-from ddpbench.predict import DEFAULT_MAX_WORLD_SIZE, parse_networks, predict_from_runs, prediction_csv
+from ddpbench.predict import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_MAX_WORLD_SIZE,
+    parse_networks,
+    predict_from_runs,
+    prediction_csv,
+)
 from ddpbench.runs import RunsError, checked_runs, load_comm, load_config
 from ddpbench.runtable import (
     add_run_order,
@@ -248,16 +254,21 @@ def statistics(fixed: list[str], config: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- the scaling prediction
 
 
-def prediction_settings(config: dict | None) -> tuple[dict | None, int]:
-    """The config's predict.networks (None: ddpbench.predict's defaults) and predict.max_world_size,
-    the networks checked here so that a bad one fails the aggregation with its fix."""
+def prediction_settings(config: dict | None) -> dict:
+    """predict_from_runs's settings from the config's predict section (left out: its defaults), the
+    networks checked here so that a bad one fails the aggregation with its fix."""
     settings = (config or {}).get("predict") or {}
     networks = settings.get("networks")
     try:
         parse_networks(networks)
     except ValueError as err:
         raise RunsError(f"config predict.networks: {err}") from err
-    return networks, int(settings.get("max_world_size") or DEFAULT_MAX_WORLD_SIZE)
+    return {
+        "networks": networks,
+        "max_world_size": int(settings.get("max_world_size") or DEFAULT_MAX_WORLD_SIZE),
+        "algorithm": settings.get("algorithm", "auto"),
+        "bootstrap": int(settings.get("bootstrap", DEFAULT_BOOTSTRAP)),
+    }
 
 
 def scaling_prediction(
@@ -265,7 +276,7 @@ def scaling_prediction(
 ) -> tuple[dict | None, str | None]:
     """(summary.json's prediction, None), or (None, why there is none). The prediction is the baseline
     variant's with variants: the comm timings are the baseline's too."""
-    networks, max_world_size = prediction_settings(config)
+    settings = prediction_settings(config)
     if not comm:
         return None, (
             "no all-reduce timings (results/comm/): the grid measures no world size of 2 or more on one node, "
@@ -273,7 +284,7 @@ def scaling_prediction(
         )
     chosen = [run for run in runs if run.get("_variant", "") == (baseline or "")]
     try:
-        prediction = predict_from_runs(chosen, comm, networks, max_world_size)
+        prediction = predict_from_runs(chosen, comm, **settings)
     except ValueError as err:
         return None, f"the scaling model could not be fitted: {err}"
     sources = sorted((doc["world_size"], doc["_path"]) for doc in comm)
