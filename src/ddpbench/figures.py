@@ -112,7 +112,9 @@ def prediction_specs(summary: dict) -> list[tuple]:
         return []
     caption = (
         "Measured speedup (points, 95 % CI) and the scaling model's prediction per network, dashed, up to "
-        f"{prediction['max_world_size']} workers (log2 axes). Left: every worker keeps the batch the runs used; "
-        "right: that batch is split over the workers. Each added worker is assumed to bring its own cores or GPU."
+        f"{prediction['max_world_size']} workers (log2 axes), shaded by its 95 % bootstrap band; faded beyond "
+        f"{prediction['extrapolation_factor']}x the largest measured world size: extrapolated, not validated. "
+        "Left: every worker keeps the batch the runs used; right: that batch is split over the workers. Each added "
+        "worker is assumed to bring its own cores or GPU; the predicted speedup is against the model's one worker."
     )
     return [("prediction", True, caption, lambda: prediction_plot(summary["rows"], prediction))]

@@ -324,9 +324,27 @@ def network_label(name: str) -> str:
     return ("network measured here" if name == MEASURED_NETWORK else name) + " (predicted)"
 
 
+def draw_predicted(ax: Axes, curve: dict, style: str, colour: str, label: str) -> None:
+    """One predicted speedup curve: its bootstrap band shaded, the points up to the extrapolation
+    limit in ``style``, the rest faded (extrapolated, not validated)."""
+    w = np.asarray(curve["world_sizes"], dtype=float)
+    y = np.array([num(v) for v in curve["speedup"]])
+    low = np.array([num(v) for v in curve.get("speedup_ci95_low") or [None] * len(w)])
+    high = np.array([num(v) for v in curve.get("speedup_ci95_high") or [None] * len(w)])
+    if np.isfinite(low).any():
+        ax.fill_between(w, low, high, color=colour, alpha=0.12, linewidth=0)
+    far = np.asarray(curve.get("extrapolated") or [False] * len(w), dtype=bool)
+    near = ~far
+    near[np.argmax(far) if far.any() else len(w) - 1] = True  # the faded part starts where the plain one ends
+    ax.plot(w[near], y[near], style, color=colour, label=label)
+    if far.any():
+        ax.plot(w[~near | far], y[~near | far], style, color=colour, alpha=0.3)
+
+
 def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
     """The measured speedup of the predicted variant (points, 95 % CI) and the predicted speedup per
-    network continuing dashed up to predict.max_world_size, log2 axes: one panel per batch mode."""
+    network continuing dashed up to predict.max_world_size with its bootstrap band, faded where it is
+    extrapolated, log2 axes: one panel per batch mode."""
     fig = Figure(figsize=WIDE, layout="constrained")
     axes = dict(zip(BATCH_MODE_WORDS, fig.subplots(1, 2, sharey=True), strict=True))
     networks = list(prediction["networks"])
@@ -337,13 +355,16 @@ def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
         ax.plot(sizes, sizes, ":", color="#9ca3af", label="ideal (S = W)")
     for curve in prediction["curves"]:
         config = (curve["runs_batch_mode"], curve["batch_size"])
-        axes[curve["batch_mode"]].plot(
-            curve["world_sizes"],
-            [num(v) for v in curve["speedup"]],
+        draw_predicted(
+            axes[curve["batch_mode"]],
+            curve,
             ["--", "-.", ":"][configs.index(config) % 3],
-            color=PALETTE[networks.index(curve["network"]) % len(PALETTE)],
-            label=network_label(curve["network"]) + (f", batch {curve['batch_size']}" if several else ""),
+            PALETTE[networks.index(curve["network"]) % len(PALETTE)],
+            network_label(curve["network"]) + (f", batch {curve['batch_size']}" if several else ""),
         )
+    if any(any(c.get("extrapolated") or []) for c in prediction["curves"]):
+        for ax in axes.values():
+            ax.plot([], [], "--", color="#6b7280", alpha=0.3, label="extrapolated, not validated")
     for mode, bs in configs:
         g = [r for r in rows if r.get("variant") == prediction["variant"] and r["batch_size"] == bs]
         errors = ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high")
