@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,14 +67,17 @@ def test_two_ranks_time_the_sweep_and_the_models_buckets(group_launch):
     assert large > small  # 4 MiB takes longer than 8 bytes
     fit = fit_collective(*comm_points([result]))
     assert fit.alpha_s >= 0 and fit.bandwidth_bytes_s > 0
-    # The model's step without communication, rank 0 alone and both at once, in blocks of 3 steps:
+    # The model's step without communication, each rank alone in turn and both at once, four rounds of blocks of
+    # 3 steps; each rank's together against its own alone, their geometric mean the slowdown:
     compute = result["compute"]
-    assert (compute["batch"], compute["threads"], compute["steps_alone"], compute["steps_together"]) == (8, 1, 6, 6)
-    assert compute["ranks_per_node"] == 2  # the group's, not the three launched
-    assert compute["slowdown"] == pytest.approx(compute["together_median_s"] / compute["alone_median_s"])
+    assert (compute["batch"], compute["threads"], compute["steps_alone"], compute["steps_together"]) == (8, 1, 24, 12)
+    assert compute["ranks_per_node"] == 2 and compute["alone_ranks"] == [0, 1]  # the group's, not the three launched
+    ratios = compute["slowdown_by_rank"]
+    assert compute["slowdown"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]))
     assert 0 < compute["rank_wait_s"] < compute["together_median_s"]
     colocation = Colocation.from_comm([result])
-    assert colocation.measured == ((2, compute["slowdown"], compute["rank_wait_s"] / compute["together_median_s"]),)
+    wait = compute["rank_wait_s"] / compute["together_median_s"]
+    assert colocation.measured == ((2, max(1.0, compute["slowdown"]), wait),)
 
 
 @pytest.mark.slow  # torchrun, three ranks
@@ -101,3 +105,13 @@ def test_world_sizes_are_checked_before_any_timing(monkeypatch, capsys, argv, me
     with pytest.raises(SystemExit) as exited:
         commbench.parse_args(argv)
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_ranks_timed_alone_spread_from_the_first_to_the_last():
+    assert [commbench.alone_ranks(n) for n in (1, 2, 3, 8, 64)] == [
+        [0],
+        [0, 1],
+        [0, 1, 2],
+        [0, 2, 5, 7],
+        [0, 21, 42, 63],
+    ]

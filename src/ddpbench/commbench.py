@@ -48,9 +48,11 @@ MIN_REPS = 3
 # The ranks outside a smaller world size's group wait for all its timings at one barrier: up to this many
 # times --timeout, which bounds each timed collective.
 IDLE_TIMEOUTS = 100
-# Compute steps: warm-up, then blocks alone and together, twice; blocks of up to 3 steps, fewer (at least 1)
+# Compute steps: warm-up, then 4 rounds of a block alone on each of up to ALONE_RANKS ranks in turn and a
+# block on all at once, the order flipped every round; blocks of up to 3 steps, fewer (at least 1)
 # where those would take more than STEP_BUDGET_S in all.
-STEP_WARMUP, STEP_BLOCK, STEP_ROUNDS, STEP_BUDGET_S = 2, 3, 2, 2.0
+STEP_WARMUP, STEP_BLOCK, STEP_ROUNDS, STEP_BUDGET_S = 2, 3, 4, 6.0
+ALONE_RANKS = 4
 
 
 def parse_bytes_list(text: str) -> list[int]:
@@ -143,12 +145,21 @@ def ddp_bucket_bytes(model_name: str, device: torch.device, bucket_cap_mb: float
     return list(seen)
 
 
+def alone_ranks(size: int) -> list[int]:
+    """The ranks timed alone: up to ALONE_RANKS of them, spread evenly from the first to the last."""
+    count = min(size, ALONE_RANKS)
+    return sorted({round(i * (size - 1) / max(1, count - 1)) for i in range(count)})
+
+
 def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group: dist.ProcessGroup) -> dict:
-    """The model's training step without communication, at ``batch`` per rank: rank 0 alone (the
-    others idle at a barrier), then every rank of ``group`` at once, in alternating blocks (as long
-    as STEP_BUDGET_S allows) so that a drifting machine affects both alike. Returns the medians,
-    their ratio (the slowdown) and the mean over together-steps of the slowest rank's time less the
-    ranks' mean (the wait for the slowest)."""
+    """The model's training step without communication, at ``batch`` per rank: each of alone_ranks
+    alone in turn (the others idle at a barrier) and every rank of ``group`` at once, in rounds
+    whose order flips (alone first, then together first) so that a drifting machine and warm
+    caches affect both alike. A rank's slowdown is its own together median over its own alone
+    median: ranks differ (one core serves interrupts, or the launcher), so comparing one rank alone
+    with all ranks together would mix the cores' speeds into it. Returns the pooled medians, the
+    geometric mean of the ranks' slowdowns, each rank's, and the mean over together-steps of the
+    slowest rank's time less the ranks' mean (the wait for the slowest)."""
     sync, rank, size = synchronizer(device), dist.get_rank(group), dist.get_world_size(group)
     # The runs' step (ddpbench.step) in fp32 on one fixed batch: only the compute is timed, so no
     # data loading, no learning-rate schedule, no statistics. Unlike the runs' optimizer this one has
@@ -168,32 +179,38 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
 
     warmup = steps(STEP_WARMUP)[-1]
     slowest = slowest_rank(torch.tensor([warmup], dtype=torch.float64, device=device), group)[0]
-    block = max(1, min(STEP_BLOCK, math.floor(STEP_BUDGET_S / (2 * STEP_ROUNDS * max(slowest, 1e-9)))))
+    timed_alone = alone_ranks(size)
+    per_round = (len(timed_alone) + 1) * STEP_ROUNDS * max(slowest, 1e-9)
+    block = max(1, min(STEP_BLOCK, math.floor(STEP_BUDGET_S / per_round)))
     alone, together = [], []
-    for _ in range(STEP_ROUNDS):
-        dist.barrier(group=group)
-        if rank == 0:
-            alone += steps(block)
-        dist.barrier(group=group)
-        together += steps(block)
+    for round_ in range(STEP_ROUNDS):
+        for phase in ("alone", "together") if round_ % 2 == 0 else ("together", "alone"):
+            for turn in timed_alone if phase == "alone" else [None]:
+                dist.barrier(group=group)
+                if phase == "together" or rank == turn:
+                    (alone if phase == "alone" else together).extend(steps(block))
     per_rank = torch.zeros(size, len(together), dtype=torch.float64, device=device)
     per_rank[rank] = torch.tensor(together, dtype=torch.float64, device=device)
     dist.all_reduce(per_rank, group=group)  # every rank's step times, row by row
     wait = (per_rank.max(0).values - per_rank.mean(0)).mean().item()
-    hosts = [None] * size
-    dist.all_gather_object(hosts, socket.gethostname(), group=group)
-    alone_s, together_s = statistics.median(alone or [0.0]), statistics.median(per_rank.flatten().tolist())
+    gathered = [None] * size
+    dist.all_gather_object(gathered, (socket.gethostname(), alone), group=group)
+    hosts = [host for host, _ in gathered]
+    ratios = {r: statistics.median(per_rank[r].tolist()) / statistics.median(gathered[r][1]) for r in timed_alone}
     return {
         "batch": batch,
         # Ranks computing at once on rank 0's host (an emulated network's namespaces share it; a group
         # spanning hosts has fewer on each).
         "ranks_per_node": hosts.count(hosts[0]),
         "threads": torch.get_num_threads(),
-        "steps_alone": len(alone),
+        "alone_ranks": timed_alone,
+        "order": "rounds alternating alone-first and together-first",
+        "steps_alone": sum(len(gathered[r][1]) for r in timed_alone),
         "steps_together": len(together),
-        "alone_median_s": alone_s,
-        "together_median_s": together_s,
-        "slowdown": together_s / alone_s if alone_s else None,
+        "alone_median_s": statistics.median(t for r in timed_alone for t in gathered[r][1]),
+        "together_median_s": statistics.median(per_rank.flatten().tolist()),
+        "slowdown": math.exp(statistics.fmean(math.log(x) for x in ratios.values())),
+        "slowdown_by_rank": [ratios[r] for r in timed_alone],
         "rank_wait_s": wait,
     }
 
