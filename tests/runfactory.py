@@ -116,6 +116,7 @@ def make_run(
             "lr_scaling": "none",
             "base_batch_size": 128,
             "warmup_epochs": 0.0,
+            "lr_schedule": "constant",
             "augment": "none",
             "channels_last": True,
             "precision": "fp32",

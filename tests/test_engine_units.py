@@ -8,7 +8,7 @@ import pytest
 
 from ddpbench.options import RunOptions
 from ddpbench.records import EpochMeasure, epoch_record, run_totals
-from ddpbench.train import Plan, learning_rate, plan_run
+from ddpbench.train import plan_run
 
 
 def options(**overrides) -> RunOptions:
@@ -34,15 +34,6 @@ def test_plan_splits_the_batch_and_scales_the_learning_rate(mode, scaling, world
 def test_a_global_batch_that_does_not_split_is_refused():
     with pytest.raises(ValueError, match="global batch size 100 is not divisible by world size 3"):
         plan_run(options(batch_size=100, batch_size_mode="global"), 3, "cpu", True)
-
-
-def test_warm_up_ramps_linearly_then_holds():
-    plan = Plan(per_rank_batch_size=128, global_batch_size=128, lr_effective=0.1, channels_last=True, allreduce="none")
-    steps_per_epoch = 10  # two warm-up epochs: 20 steps
-    assert [learning_rate(plan, 2, s, steps_per_epoch) for s in (0, 9, 19, 20, 50)] == pytest.approx(
-        [0.005, 0.05, 0.1, 0.1, 0.1]
-    )
-    assert learning_rate(plan, 0, 0, steps_per_epoch) == 0.1
 
 
 def measure(train_s: float, exposed: float | None) -> EpochMeasure:

@@ -127,3 +127,23 @@ def test_predicted_speedup_is_one_at_one_worker_and_far_points_are_marked():
     assert [w for (m, w), r in rows.items() if m == "per_worker" and r["extrapolated"]] == [32, 64]
     assert [w for (m, w), r in rows.items() if m == "per_worker" and r["global_batch_exceeds_train_set"]] == [32, 64]
     assert "uncertainty" not in prediction  # bootstrap 0: no intervals
+
+
+def test_the_bootstrap_of_a_mean_agrees_with_scipys_percentile_bootstrap():
+    """ddpbench.bands drawn runs again and took percentiles: for the mean of 12 runs' values, its interval
+    matches scipy.stats.bootstrap(method="percentile") within the Monte Carlo error of 2,000 replicates."""
+    from scipy import stats as sp
+
+    values = np.random.default_rng(3).lognormal(0.0, 0.3, 12)
+    runs = [{"config": {"batch_size_mode": "per_worker", "batch_size": 32, "world_size": 1}, "v": v} for v in values]
+    points = ([8.0, 1024.0], [1e-5, 2e-5], [2, 2])
+
+    def mean_of(sample_runs, _points):
+        return {"value": float(np.mean([r["v"] for r in sample_runs]))}
+
+    drawn = bands.replicates(mean_of, runs, points, 2000, seed=1)
+    low, high = bands.interval((d["value"] for d in drawn), 2000)
+    reference = sp.bootstrap((values,), np.mean, method="percentile", n_resamples=2000, random_state=2)
+    spread = values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(reference.confidence_interval.low, abs=0.15 * spread)
+    assert high == pytest.approx(reference.confidence_interval.high, abs=0.15 * spread)

@@ -78,7 +78,8 @@ def test_the_comm_benchmark_is_launched_as_the_runs_are(tmp_path):
 
 def check_prediction(workdir: Path, seeds: list[int]) -> dict:
     """What a finished run must hold, whatever the network: the comm file, summary.json's prediction and
-    its validation computed from the runs, prediction.csv and the report's section. Returns summary.json."""
+    its validation (none possible from W = 1 and 2 alone), prediction.csv and the report's section.
+    Returns summary.json."""
     comm = json.loads((workdir / "results/comm/ws2.json").read_text())
     assert (comm["schema"], comm["world_size"], comm["backend"]) == ("ddpbench.commbench/1", 2, "gloo")
     runs = {
@@ -91,13 +92,9 @@ def check_prediction(workdir: Path, seeds: list[int]) -> dict:
     assert summary["prediction_reason"] is None and prediction["comm_world_sizes"] == [2]
     assert set(prediction["networks"]) == {"measured", "1GbE"} and prediction["max_world_size"] == 256
     assert {r["world_size"] for r in prediction["rows"]} == {2**k for k in range(9)}
-    (case,) = prediction["validation"]  # W = 2 predicted from W = 1
-    steps = sum(e["steps"] for run in runs[2] for e in run["epochs"])  # the seeds' steps, pooled
-    train_time = sum(run["totals"]["train_time_s"] for run in runs[2])
-    assert case["measured_step_time_s"] == pytest.approx(train_time / steps)
-    assert case["step_time_rel_error"] == pytest.approx(
-        case["predicted_step_time_s"] / case["measured_step_time_s"] - 1
-    )
+    # W = 2 could only be predicted from the W = 2 timings themselves: not validated, and the report says so.
+    (case,) = prediction["validation"]
+    assert (case["held_out"], case["validated"]) == (2, False) and "prediction-check.yaml" in case["reason"]
     table = pd.read_csv(workdir / "results/prediction.csv")
     assert len(table) == len(prediction["rows"])
     html = (workdir / "results/report.html").read_text()
@@ -106,14 +103,14 @@ def check_prediction(workdir: Path, seeds: list[int]) -> dict:
     assert "<h2>Beyond this machine</h2>" in part and '<figure id="plot-prediction"' in part
     # commbench's timing of the two ranks computing at once, as the model used it and the report shows it.
     together = comm["compute"]
-    assert together["steps_alone"] == together["steps_together"] >= 2 and together["batch"] == 128
+    assert together["steps_alone"] == 2 * together["steps_together"] >= 4 and together["batch"] == 128  # each rank
+    slowdown = max(1.0, together["slowdown"])  # faster together than alone is never used
     assert prediction["profiles"][0]["colocation"]["measured"] == [
-        [2, together["slowdown"], pytest.approx(together["rank_wait_s"] / together["together_median_s"])]
+        [2, slowdown, pytest.approx(together["rank_wait_s"] / together["together_median_s"])]
     ]
     shown = re.search(r'data-col="slowdown" data-ranks="2" data-value="([^"]+)"', part)
-    assert shown and float(shown[1]) == together["slowdown"]
-    shown = re.search(r'data-held-out="2".*?data-col="step_time_rel_error" data-value="([^"]+)"', part, re.S)
-    assert shown and float(shown[1]) == case["step_time_rel_error"]
+    assert shown and float(shown[1]) == slowdown
+    assert "not validated on this study" in part and 'class="prediction-validation"' not in part
     curve = next(c for c in prediction["curves"] if (c["network"], c["batch_mode"]) == ("1GbE", "per_worker"))
     row = re.search(r'<tr data-network="1GbE" data-batch-mode="per_worker".*?</tr>', part, re.S)[0]
     cells = dict(re.findall(r'data-col="efficiency_at_(\d+)" data-value="([^"]*)"', row))

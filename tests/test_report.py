@@ -657,3 +657,17 @@ def test_time_to_target_shows_k_of_n_reached_and_a_seed_without_its_one_worker_r
     assert "2</span> of 3 reached" in section(html, "study")
     unpaired = re.search(r'<p class="missing" id="speedup-unpaired">(.*?)</p>', html, re.S)
     assert unpaired and "<code>ws2_bs128_seed2</code>" in unpaired[1]
+
+
+def test_the_default_studys_report_carries_no_validation_from_held_out_data(tmp_path):
+    """The default study on two cores: W = 1 and 2, all-reduce timed at W = 2 only. Predicting W = 2
+    could only fit W = 2's own timings: the report says it is not validated, names the study that can
+    check the model, and shows no error; the predicted speedup at W = 1 is 1."""
+    paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1, 2])
+    summary, _ = aggregate(paths, SCHEMA, expected, PREDICT_CONFIG, comm=write_comm(tmp_path / "comm", [2]))
+    html = report.render(json.loads(json.dumps(summary)), out=tmp_path / "report.html")
+    part = section(html, "prediction")
+    assert "not validated on this study" in part and "examples/prediction-check.yaml" in part
+    assert 'class="prediction-validation"' not in part and "step_time_rel_error" not in part
+    curve = summary["prediction"]["curves"][0]
+    assert curve["world_sizes"][0] == 1 and curve["speedup"][0] == pytest.approx(1.0)

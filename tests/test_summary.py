@@ -125,6 +125,22 @@ def test_step_distributions_pool_the_steady_steps_and_keep_every_ranks_median(tm
     assert one["steps"] == 48 - 4 and four["steps"] == 12 - 1  # a tenth of the steps is the warm-up
 
 
+def test_accuracy_against_one_worker_is_paired_by_seed_and_its_cost_named(tmp_path):
+    """The factory's accuracy falls by 2 log2(W) points at every seed: -2 at W = 2, -4 at W = 4, so the
+    study costs more than one point from W = 2."""
+    result, _, _ = summary_for(tmp_path)
+    one, two, four = result["rows"]
+    assert one["acc_change_vs_one"] == 0.0 and two["acc_change_vs_one"] == pytest.approx(-2.0)
+    assert four["acc_change_vs_one"] == pytest.approx(-4.0) and four["n_acc_change_vs_one"] == 3
+    (headline,) = result["headlines"]
+    assert (headline["acc_cost_ws"], headline["acc_cost_change"], headline["acc_cost_n"]) == (2, pytest.approx(-2.0), 3)
+
+
+def test_a_recipe_that_holds_accuracy_names_no_cost(tmp_path):
+    result, _, _ = summary_for(tmp_path, world_sizes=(1,), seeds=(0, 1, 2))
+    assert result["headlines"][0]["acc_cost_ws"] is None
+
+
 def test_speedup_is_paired_by_seed_and_varies_by_seed(tmp_path):
     result, _, paths = summary_for(tmp_path)
     times = {
@@ -173,6 +189,16 @@ def test_with_the_cores_fixed_there_is_no_karp_flatt_or_amdahl_fit(tmp_path):
     assert result["amdahl_serial_fraction"] == {128: None}
     laws = result["statistics"]["scaling_laws"]
     assert laws["left_out"] == [None] and "already used every core" in laws["reason"]
+
+
+def test_a_single_seed_with_a_prediction_reports_n_1_and_no_nan(tmp_path):
+    paths, expected = write_grid(tmp_path, [1, 2], [128], [0])
+    comm = write_comm(tmp_path / "comm", [2, 4])
+    result, _ = build_summary(paths, RUN_SCHEMA, expected, {"predict": {"bootstrap": 20}}, comm=comm)
+    json.dumps(result, allow_nan=False)  # summary.json is strict JSON: no NaN anywhere
+    assert [r["n_speedup"] for r in result["rows"]] == [1, 1]
+    (case,) = result["prediction"]["validation"]
+    assert case["validated"] and case["step_time_rel_error_ci95_low"] is not None  # one run drawn again: its own
 
 
 def test_a_single_seed_has_no_interval(tmp_path):
@@ -248,6 +274,13 @@ def test_headlines_curves_and_method_facts(tmp_path):
             "acc_change_ci95_low": pytest.approx(-4.0),
             "acc_change_ci95_high": pytest.approx(-4.0),
             "n_acc_change": 3,
+            # More than a point lost from W = 2 on (-2 there, paired by seed).
+            "acc_cost_points": 1.0,
+            "acc_cost_ws": 2,
+            "acc_cost_change": pytest.approx(-2.0),
+            "acc_cost_change_ci95_low": pytest.approx(-2.0),
+            "acc_cost_change_ci95_high": pytest.approx(-2.0),
+            "acc_cost_n": 3,
         }
     ]
     # Factory accuracy 30 + 10 e - 2 log2(W) + seed: the mean over seeds 0, 1, 2 adds 1.

@@ -33,6 +33,10 @@ SUMMARY_COLUMNS = [
     "test_acc_std",
     "test_acc_ci95_low",
     "test_acc_ci95_high",
+    "acc_change_vs_one",
+    "acc_change_vs_one_ci95_low",
+    "acc_change_vs_one_ci95_high",
+    "n_acc_change_vs_one",
     "karp_flatt",
     "time_to_target_mean_s",
     "n_reached_target",
@@ -47,14 +51,17 @@ SUMMARY_COLUMNS = [
 ]
 DEFINITIONS = {
     "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
-    "steady_state": "a run after its warm-up: rank 0's steps after the first min(20, a tenth of the steps) "
-    "(ddpbench.records.steady_state); throughput, speedup and efficiency use it, time to target does not",
+    "steady_state": "rank 0's steps after the first min(20, a tenth of the run's steps), at least one "
+    "(ddpbench.records.steady_state); throughput, speedup and efficiency use them, time to target counts every step",
     "throughput": "steady-state training images / their summed step times over the setting's runs (the "
     "harmonic mean of the per-run rates); its spread (throughput_std_img_s) is the sd of the per-run rates; "
     "whole_run_throughput_img_s is the same over the whole training time, warm-up and epoch ends included",
     "speedup": "steady-state throughput at W over that of the same seed at W = 1 (the same batch size), "
     "summarised as a geometric mean over the seeds (n_speedup of them); a seed without its own one-worker "
     "run is left out (speedup_unpaired); speedup_whole_run_mean is T(1)/T(W) of train_time, warm-up included",
+    "acc_change_vs_one": "test accuracy at W minus that of the same seed at W = 1 (points), mean over the paired "
+    "seeds with its t interval (n_acc_change_vs_one); the headline's acc_cost_ws is the smallest world size where "
+    "it is below -1 point",
     "warmup_share_first_epoch": "the warm-up steps' time beyond as many steady median steps, over the first "
     "epoch's training time (mean over the runs)",
     "variability": "step_cv_within_run: sd / mean of a run's steady steps (mean over the runs), the noise "
@@ -85,7 +92,9 @@ PREDICTION_DEFINITIONS = {
     "ddpbench.commbench: predicted step time, throughput, speedup and efficiency per network and batch mode "
     "up to predict.max_world_size, with its fitted communication parameters, validation and assumptions",
     "prediction_validation": "a measured world size predicted from the others (the largest from the smaller ones; "
-    "with three or more, each left out in turn): relative error of the step time and of the speedup",
+    "with three or more, each left out in turn), the held-out size in no fit: relative error of the step time and "
+    "of the speedup with 95 % bootstrap intervals; validated false (with the reason) where nothing else is left to "
+    "fit the all-reduce on",
 }
 
 

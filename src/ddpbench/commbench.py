@@ -189,6 +189,14 @@ def time_compute(model: torch.nn.Module, batch: int, device: torch.device, group
                 dist.barrier(group=group)
                 if phase == "together" or rank == turn:
                     (alone if phase == "alone" else together).extend(steps(block))
+    return compute_record(batch, timed_alone, alone, together, device, group)
+
+
+def compute_record(
+    batch: int, timed_alone: list[int], alone: list[float], together: list[float], device, group
+) -> dict:
+    """time_compute's result from every rank's step times (gathered here: a collective)."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
     per_rank = torch.zeros(size, len(together), dtype=torch.float64, device=device)
     per_rank[rank] = torch.tensor(together, dtype=torch.float64, device=device)
     dist.all_reduce(per_rank, group=group)  # every rank's step times, row by row

@@ -29,8 +29,8 @@ def make_plots(summary: dict) -> list[dict]:
         (
             "speedup",
             False,
-            "Speedup of the training time against one worker (geometric mean over the seeds, 95 % interval of the "
-            f"mean log speedup, none below 3 seeds), ideal line and {amdahl_caption(summary)}.",
+            "Speedup of the steady-state throughput against one worker (geometric mean over the seeds, 95 % "
+            f"interval of the mean log speedup, none below 3 seeds), ideal line and {amdahl_caption(summary)}.",
             lambda: speedup_plot(rows, amdahl),
         ),
         (

@@ -54,7 +54,9 @@ class TrainOptions:
     base_batch_size: int = 128
     """Global batch size at which lr is stated."""
     warmup_epochs: float = 0.0
-    """Linear learning-rate warm-up, in epochs."""
+    """Linear learning-rate warm-up, in epochs (fractions allowed); shorter than the run."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """After the warm-up: constant (the study's protocol), cosine or linear decay towards zero at the run's end."""
     augment: Literal["none", "flip_crop"] = "none"
     """Training augmentation: none (the study) or flip_crop (random crop with 4-pixel padding and horizontal flip)."""
     channels_last: Literal["auto", "on", "off"] = "auto"

@@ -20,6 +20,7 @@ import yaml
 from jsonschema.exceptions import best_match
 
 from ddpbench.options import command_line
+from ddpbench.schedule import check_warmup
 
 # Options that shape the DAG (nodes, GPUs requested) are the same for every variant.
 GRID_WIDE_OPTIONS = ("ranks_per_node", "device")
@@ -283,27 +284,28 @@ class Grid:
         return options
 
     def check(self) -> None:
-        """Fail before any job: see check_archive, check_variant_overrides, check_emulated_networks
-        and world_sizes."""
+        """Fail before any job: check_archive, check_variant_overrides, check_variant_options, world_sizes."""
         if self.is_main_process:
             check_archive(self.config["data"])
         check_variant_overrides(self.variants)
         if self.is_main_process:
-            self.check_emulated_networks()
+            self.check_variant_options()
         self.world_sizes()
 
-    def check_emulated_networks(self) -> None:
-        """Emulated links need root and tc (and netem for latency): say so before any job."""
+    def check_variant_options(self) -> None:
+        """Each variant's options (the train section's without variants): a warm-up shorter than the
+        run (schedule.check_warmup); emulated links need root and tc (and netem for latency)."""
         for name in [None, *self.variants]:
-            link = self.variant_options(SimpleNamespace(variant=name)).get("emulate_network")
+            options, where = self.variant_options(SimpleNamespace(variant=name)), f"grid.variants.{name}.train"
+            check_warmup(options, where if name else "train")
+            link = options.get("emulate_network")
             if link is not None:
                 from ddpbench.netem import EmulationError, require_emulation
 
                 try:
                     require_emulation(link["bandwidth_gbit"], link.get("latency_us", 0))
                 except EmulationError as err:
-                    where = f"grid.variants.{name}.train" if name else "train"
-                    raise ValueError(f"config {where}.emulate_network: {err}") from None
+                    raise ValueError(f"config {where if name else 'train'}.emulate_network: {err}") from None
 
 
 # ---------------------------------------------------------------- the jobs

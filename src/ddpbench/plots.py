@@ -157,7 +157,7 @@ def speedup_plot(rows: list[dict], amdahl: dict) -> Figure:
         rows,
         "speedup_mean",
         lambda g: ci_errors(g, "speedup_mean", "speedup_ci95_low", "speedup_ci95_high"),
-        "speedup T(1) / T(W)",
+        "speedup (steady throughput ÷ W = 1's)",
         "Speedup (geometric mean, 95 % CI across seeds)",
         per_group=fit,
         ideal=lambda ax, sizes: ax.plot(sizes, sizes, "--", color="#9ca3af", label="ideal (S = W)"),
@@ -385,5 +385,5 @@ def prediction_plot(rows: list[dict], prediction: dict) -> Figure:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set_title(f"Speedup, {BATCH_MODE_WORDS[mode]}")
         ax.legend()
-    axes["per_worker"].set_ylabel("speedup T(1) / T(W)")
+    axes["per_worker"].set_ylabel("speedup against one worker")
     return fig

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ddpbench.runs import EXPECTED_NAME, RunsError, run_name
-from ddpbench.stats import paired_ratio
+from ddpbench.stats import paired_difference, paired_ratio
 
 
 def run_row(run: dict) -> dict:
@@ -93,7 +93,8 @@ def group_label(variant: str, batch_size: int) -> str:
 def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
     """Per-run speedup against the same seed's one-worker run of the same variant and batch size:
     the ratio of their steady-state throughputs (``speedup``), and T(1)/T(W) of the whole training
-    time, warm-up included (``speedup_whole_run``).
+    time, warm-up included (``speedup_whole_run``); and the change of test accuracy in points
+    (``acc_change_vs_one``).
 
     A seed without its own one-worker run has no speedup (NaN): it is left out of its setting's
     speedup, not compared with the other seeds' one-worker time (unpaired_speedup lists it)."""
@@ -107,10 +108,12 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
             "add 1 to grid.world_sizes"
         )
     keys = ["variant", "batch_size", "seed"]
-    one = df[keys].merge(base[keys + ["train_time_s", "throughput_img_s"]], on=keys, how="left", validate="many_to_one")
+    columns = ["train_time_s", "throughput_img_s", "test_acc"]
+    one = df[keys].merge(base[keys + columns], on=keys, how="left", validate="many_to_one")
     df = df.copy()
     df["speedup"] = paired_ratio(df.throughput_img_s.to_numpy(float), one.throughput_img_s.to_numpy(float))
     df["speedup_whole_run"] = paired_ratio(one.train_time_s.to_numpy(float), df.train_time_s.to_numpy(float))
+    df["acc_change_vs_one"] = paired_difference(df.test_acc.to_numpy(float), one.test_acc.to_numpy(float))
     df["efficiency"] = df.speedup / df.world_size
     return df
 

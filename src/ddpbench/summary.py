@@ -2,12 +2,13 @@
 (variant, world_size, batch_size) with grid.variants, plus everything the report shows (headlines,
 learning curves, the resource model, machine, method, overlaps).
 
-Speedup is T(1)/T(W) on the training time (``totals.train_time_s``: training phases only,
-no evaluation), paired by seed at the same batch size (a seed without its one-worker run is left
-out, and listed), summarised as a geometric mean with the t interval of the mean log speedup;
-efficiency = speedup / W; the Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial
-fraction from the mean speedup (not where the cores were fixed). Throughput is total images over
-total time. Every interval carries its n and needs three values (ddpbench.stats).
+Speedup is the steady-state throughput at W over W = 1's (``totals.steady_*``: rank 0's steps after
+the warm-up, no evaluation; ``speedup_whole_run_mean`` is T(1)/T(W) of the training time), paired by
+seed at the same batch size (a seed without its one-worker run is left out, and listed), summarised
+as a geometric mean with the t interval of the mean log speedup; efficiency = speedup / W; the
+Karp-Flatt metric e = (1/S - 1/W) / (1 - 1/W) estimates the serial fraction from the mean speedup
+(not where the cores were fixed). Throughput is steady images over steady time. Every interval
+carries its n and needs three values (ddpbench.stats).
 
 With variants (the config's grid.variants, or --expect names <variant>/ws<W>_bs<B>_seed<S>), a run's
 variant is its folder (results/runs/<variant>/...); speedup stays within a variant, and every variant
@@ -92,6 +93,7 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame, scaling_laws: b
     ``scaling_laws`` (the cores were fixed) no Karp-Flatt metric."""
     train = g.train_time_s.sum()
     speedup, acc = geometric_mean_interval(g.speedup), mean_interval(g.test_acc)
+    change = mean_interval(g.acc_change_vs_one)
     reached = int(g.time_to_target_s.notna().sum())
     return {
         "variant": variant,
@@ -121,6 +123,8 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame, scaling_laws: b
         "test_acc_std": g.test_acc.std(ddof=1),
         "test_acc_ci95_low": acc.low,
         "test_acc_ci95_high": acc.high,
+        **interval("acc_change_vs_one", change),
+        "n_acc_change_vs_one": change.n,
         "karp_flatt": karp_flatt(speedup.value, ws) if scaling_laws else math.nan,
         "time_to_target_mean_s": g.time_to_target_s.mean() if reached == len(g) else math.nan,
         "n_reached_target": reached,
@@ -221,6 +225,26 @@ def headline(g: pd.DataFrame, runs: pd.DataFrame) -> dict:
         "acc_largest": acc_largest,
         **interval("acc_change", change),
         "n_acc_change": change.n,
+        **accuracy_cost(g),
+    }
+
+
+ACC_COST_POINTS = 1.0  # the accuracy a user will give up for the speed of more workers
+
+
+def accuracy_cost(g: pd.DataFrame) -> dict:
+    """The smallest world size of the summary rows ``g`` (by world size) whose test accuracy, paired by
+    seed with W = 1's, fell by more than ACC_COST_POINTS on average, with its change and interval."""
+    costly = g[g.acc_change_vs_one < -ACC_COST_POINTS]
+    first = costly.iloc[0] if len(costly) else None
+    return {
+        "acc_cost_points": ACC_COST_POINTS,
+        "acc_cost_ws": int(first.world_size) if first is not None else None,
+        **{
+            f"acc_cost_change{end}": first[f"acc_change_vs_one{end}"] if first is not None else None
+            for end in ("", "_ci95_low", "_ci95_high")
+        },
+        "acc_cost_n": int(first.n_acc_change_vs_one) if first is not None else None,
     }
 
 

@@ -43,6 +43,7 @@ from ddpbench.records import (
     start_up_totals,
     step_distribution,
 )
+from ddpbench.schedule import learning_rate
 from ddpbench.step import autocast, sgd_step, step_model, tally
 
 log = logging.getLogger("ddpbench.train")
@@ -134,14 +135,6 @@ def gradient_allreduce(
     if requested == "backend" or device_type != "cpu" or not one_node:
         return "backend"
     return "shared_memory"
-
-
-def learning_rate(plan: Plan, warmup_epochs: float, step: int, steps_per_epoch: int) -> float:
-    """The step's learning rate: a linear ramp over the warm-up steps, then constant."""
-    warmup_steps = warmup_epochs * steps_per_epoch
-    if step < warmup_steps:
-        return plan.lr_effective * (step + 1) / warmup_steps
-    return plan.lr_effective
 
 
 def resolved_config(options: RunOptions, d: Dist, plan: Plan) -> dict:
@@ -276,14 +269,16 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
     """The timed loop: record, step, record; the device is synchronised before the clock is read."""
     s.ddp.train()
     stats = torch.zeros(3, dtype=torch.float64, device=s.d.device)
-    marks, first_step = [], epoch * s.batches.steps
+    marks, first_step, o = [], epoch * s.batches.steps, s.options
     t_train = time.perf_counter()
     iterator = s.batches.epoch(epoch)
     t0 = s.clock.mark()  # each step starts where the previous one ended
     for i in range(s.batches.steps):
         x, y = next(iterator)
         t1 = s.clock.mark()
-        lr = learning_rate(s.plan, s.options.warmup_epochs, first_step + i, s.batches.steps)
+        lr = learning_rate(
+            s.plan.lr_effective, o.lr_schedule, o.warmup_epochs, first_step + i, s.batches.steps, o.epochs
+        )
         loss, out = sgd_step(s.ddp, s.optimizer, x, y, lr=lr, precision=s.options.precision)
         tally(stats, loss.detach() * len(y), out, y)  # on the device: no sync inside the timed loop
         t2 = s.clock.mark()
