@@ -134,7 +134,8 @@ def records(df: pd.DataFrame) -> list[dict]:
 
 
 def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
-    """The expected runs without a result; each names its variant only in a study with variants."""
+    """The expected runs without a result, in the grid's order (variants as first named, then world
+    size, batch size, seed: not the planned start order); each names its variant only with variants."""
     present = {(r.variant, r.world_size, r.batch_size, r.seed) for r in runs.itertuples()}
     missing = []
     for name in expected:
@@ -145,7 +146,10 @@ def expected_missing(expected: list[str], runs: pd.DataFrame) -> list[dict]:
         if (m["variant"] or "", *key) not in present:
             found = dict(zip(("world_size", "batch_size", "seed"), key, strict=True))
             missing.append({"variant": m["variant"], **found} if m["variant"] else found)
-    return missing
+    variants = list(dict.fromkeys(m.get("variant") for m in missing))
+    return sorted(
+        missing, key=lambda m: (variants.index(m.get("variant")), m["world_size"], m["batch_size"], m["seed"])
+    )
 
 
 def learning_curves(runs: list[dict], order: list[str] | None = None) -> list[dict]:
