@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -128,3 +129,13 @@ def verify_archive(path: Path, md5: str | None) -> None:
                 f"checksum mismatch for {path}: expected md5 {md5.lower()}, got {actual}. "
                 "Set data.md5 to the archive's md5 (md5sum FILE) if you trust this file."
             )
+
+
+def check_archive(data: dict) -> None:
+    """The config's data.archive, where given for cifar10, must be a file: checked before any job."""
+    archive = data["archive"]
+    if data["source"] == "cifar10" and archive is not None and not os.path.isfile(archive):
+        raise ValueError(
+            f"config data.archive: no file at {archive!r}. Point it at a local cifar-10-python.tar.gz, "
+            "or set it to null to download from data.url"
+        )

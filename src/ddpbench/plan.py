@@ -19,6 +19,8 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
 
+from ddpbench.cpus import cores_available
+from ddpbench.fetch import check_archive
 from ddpbench.options import command_line
 from ddpbench.schedule import check_warmup
 
@@ -130,15 +132,6 @@ def check_variants(config: dict, schema: dict) -> dict | None:
     return copy.deepcopy(variants)
 
 
-def check_archive(data: dict) -> None:
-    archive = data["archive"]
-    if data["source"] == "cifar10" and archive is not None and not os.path.isfile(archive):
-        raise ValueError(
-            f"config data.archive: no file at {archive!r}. Point it at a local cifar-10-python.tar.gz, "
-            "or set it to null to download from data.url"
-        )
-
-
 def check_variant_overrides(variants: dict) -> None:
     for name, overrides in variants.items():
         fixed = sorted(set((overrides or {}).get("train", {})) & set(GRID_WIDE_OPTIONS))
@@ -154,11 +147,11 @@ def check_variant_overrides(variants: dict) -> None:
 
 def machine_capacity(device: str) -> int:
     """Ranks this machine can run at once: its cores (cpu) or GPUs (cuda)."""
-    if device == "cuda":
-        import torch  # only for a CUDA grid sized by this machine
+    if device != "cuda":
+        return cores_available()
+    import torch  # only for a CUDA grid sized by this machine
 
-        return torch.cuda.device_count()
-    return len(os.sched_getaffinity(0))
+    return torch.cuda.device_count()
 
 
 def check_fits(sizes: list[int], limit: int, device: str) -> None:
@@ -296,16 +289,16 @@ class Grid:
         """Each variant's options (the train section's without variants): a warm-up shorter than the
         run (schedule.check_warmup); emulated links need root and tc (and netem for latency)."""
         for name in [None, *self.variants]:
-            options, where = self.variant_options(SimpleNamespace(variant=name)), f"grid.variants.{name}.train"
-            check_warmup(options, where if name else "train")
-            link = options.get("emulate_network")
-            if link is not None:
+            options = self.variant_options(SimpleNamespace(variant=name))
+            where = f"grid.variants.{name}.train" if name else "train"
+            check_warmup(options, where)
+            if (link := options.get("emulate_network")) is not None:
                 from ddpbench.netem import EmulationError, require_emulation
 
                 try:
                     require_emulation(link["bandwidth_gbit"], link.get("latency_us", 0))
                 except EmulationError as err:
-                    raise ValueError(f"config {where if name else 'train'}.emulate_network: {err}") from None
+                    raise ValueError(f"config {where}.emulate_network: {err}") from None
 
 
 # ---------------------------------------------------------------- the jobs
