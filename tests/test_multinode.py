@@ -244,17 +244,18 @@ def slurm_snakemake(cluster, workdir: Path, *args: str) -> subprocess.CompletedP
     )
 
 
-# The whole workflow once, with jobs bound by task/affinity (which every root machine can give);
-# how task/cgroup confines them is the next test's, on the smallest grid that shows it.
+# The whole workflow once, with jobs confined by task/cgroup (a cpuset per job, as on most
+# production clusters), or bound by task/affinity where this machine cannot make cgroups.
 @two_cpus
-@pytest.mark.parametrize("slurm_cluster", ["affinity"], indirect=True)
+@pytest.mark.parametrize("slurm_cluster", ["cgroup|affinity"], indirect=True)
 def test_workflow_through_the_slurm_executor(slurm_cluster, tmp_path):
     """`snakemake --profile profiles/slurm` on synthetic data: a failing job is reported while
     the others finish (--keep-going), then the grid completes with the same outputs as locally.
 
-    The node has 2 CPUs and jobs are bound to theirs, so the one-CPU jobs (data, ws1 runs, the
-    report) re-evaluate the Snakefile where only one core is visible: a world size 2 grid must
-    still be accepted there."""
+    The node has 2 CPUs and jobs are confined to theirs, so the one-CPU jobs (data, ws1 runs,
+    the report) re-evaluate the Snakefile where only one core is visible: a world size 2 grid
+    must still be accepted there. Each run was given its own CPUs, saw only those and pinned
+    its ranks to them."""
     from workflowcopy import copy_repo, write_config
 
     copy_repo(tmp_path)
@@ -297,20 +298,3 @@ def test_workflow_through_the_slurm_executor(slurm_cluster, tmp_path):
     summary = json.loads((tmp_path / "results/summary.json").read_text())
     assert [row["world_size"] for row in summary["rows"]] == [1, 2]
     assert "Nothing to be done" in (run_snakemake("--configfile", good).stderr)
-
-
-@two_cpus
-@pytest.mark.parametrize("slurm_cluster", ["cgroup"], indirect=True)
-def test_workflow_jobs_stay_in_their_cgroup(slurm_cluster, tmp_path):
-    """With task/cgroup (a cpuset per job, as on most production clusters) a one-CPU run of the
-    workflow is given one CPU of the node's two, sees only that one, and pins its rank to it."""
-    from workflowcopy import copy_repo, write_config
-
-    copy_repo(tmp_path)
-    config = write_config(tmp_path, "ws1.yaml", {**SLURM_GRID, "grid": {**SLURM_GRID["grid"], "world_sizes": [1]}})
-    result = slurm_snakemake(slurm_cluster, tmp_path, "--configfile", config)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:] + failed_slurm_jobs(tmp_path)
-    run = json.loads((tmp_path / "results/runs/ws1_bs128_seed0.json").read_text())
-    assert run["config"]["world_size"] == 1
-    assert_ran_on_its_allocation(run)
-    assert (tmp_path / "results/summary.json").is_file()

@@ -14,7 +14,8 @@ to start is a test error, with the daemons' log tails in the message.
   tests/cluster/slurm.sh in a temporary directory and stopped at teardown. Its jobs are
   bound to their CPUs, as on real clusters: by task/affinity, or with
   ``@pytest.mark.parametrize("slurm_cluster", TASK_PLUGINS, indirect=True)`` also by
-  task/cgroup (skipped where cgroups cannot be made). Pytest keeps one instance alive at a
+  task/cgroup (skipped where cgroups cannot be made; ``"cgroup|affinity"`` takes the first
+  that the machine can give). Pytest keeps one instance alive at a
   time, so the two configurations never run at once. Run client tools with
   ``cluster.env`` (it carries SLURM_CONF and puts this venv first on PATH, so jobs find
   torchrun and snakemake); ``cluster.snakemake_args`` are the flags a workflow test needs
@@ -111,7 +112,7 @@ def _slurm_statedir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slurm_cluster(request, tmp_path_factory):
-    task_plugin = getattr(request, "param", "affinity")
+    choices = getattr(request, "param", "affinity")
     if not is_root():
         pytest.skip("SLURM test cluster needs root (slurmd and munged run as root)")
     missing = missing_binaries(SLURM_BINARIES)
@@ -119,14 +120,18 @@ def slurm_cluster(request, tmp_path_factory):
         pytest.skip(
             f"SLURM/munge binaries missing: {', '.join(missing)} (apt-get install slurmctld slurmd slurm-client munge)"
         )
-    statedir = _slurm_statedir(tmp_path_factory)
-    start = subprocess.run(
-        ["bash", str(SLURM_SH), "start", str(statedir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "SLURM_TASK_PLUGIN": task_plugin},
-    )
+    # "cgroup|affinity": the first of these that this machine can give.
+    for task_plugin in choices.split("|"):
+        statedir = _slurm_statedir(tmp_path_factory)
+        start = subprocess.run(
+            ["bash", str(SLURM_SH), "start", str(statedir)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "SLURM_TASK_PLUGIN": task_plugin},
+        )
+        if start.returncode != UNSUPPORTED:
+            break
     if start.returncode == UNSUPPORTED:
         pytest.skip(f"slurm.sh cannot run here: {start.stderr.strip()}")
     if start.returncode != 0:
