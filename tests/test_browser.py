@@ -111,3 +111,26 @@ def test_variant_report_renders_offline(driver, tmp_path):
     assert len(svgs) == len(PLOTS) + 1  # and the variants' speed against time-to-target plot
     assert all(svg.size["width"] > 100 and svg.size["height"] > 100 for svg in svgs)
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_compare_page_renders_offline(driver, tmp_path):
+    from test_compare import make_study
+
+    from ddpbench.compare import main as compare_main
+
+    bundles = [make_study(tmp_path / "base"), make_study(tmp_path / "fast", hostname="node-b", throughput_factor=1.5)]
+    out = tmp_path / "compare.html"
+    assert compare_main([*map(str, bundles), "-o", str(out), "--history"]) == 0
+    driver.get(out.as_uri())
+    for section in ("machines", "settings", "history", "method"):
+        assert driver.find_element(By.ID, section).is_displayed()
+    differs = driver.find_elements(By.CSS_SELECTOR, "table.machines td.differs")
+    assert differs and {cell.text for cell in differs} >= {"node-a", "node-b"}  # the hosts differ
+    higher = driver.find_elements(By.CSS_SELECTOR, 'table.compare td[data-marked="higher"]')
+    assert len(higher) == 2 and all(int(c.value_of_css_property("font-weight")) >= 700 for c in higher)
+    svg = driver.find_element(By.CSS_SELECTOR, "#plot-history > svg")
+    assert svg.size["width"] > 100 and svg.size["height"] > 100
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    driver.set_window_size(WIDTH, driver.execute_script("return document.documentElement.scrollHeight"))
+    assert driver.save_screenshot(str(tmp_path / "compare.png"))

@@ -215,3 +215,21 @@ def test_holm_leaves_nan_out_of_the_family():
     adjusted = stats.holm([0.01, math.nan, 0.04])
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
     assert stats.holm([]).shape == (0,) and math.isnan(stats.holm([math.nan])[0])
+
+
+def test_welch_against_scipy():
+    a, b = np.array([10.0, 12.5, 11.0, 13.0]), np.array([8.0, 9.5, 9.0])
+    estimate, p = stats.welch_difference(a, b)
+    reference = sp.ttest_ind(a, b, equal_var=False)
+    interval = reference.confidence_interval(0.95)
+    assert estimate.value == pytest.approx(a.mean() - b.mean())
+    assert (estimate.low, estimate.high, p) == pytest.approx((interval.low, interval.high, reference.pvalue))
+    # Satterthwaite by hand: the interval's half-width is t(0.975, df) times the standard error.
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    assert estimate.high - estimate.value == pytest.approx(sp.t.ppf(0.975, df) * math.sqrt(va + vb))
+    ratio, p_log = stats.welch_ratio(a, b)
+    logs = sp.ttest_ind(np.log(a), np.log(b), equal_var=False)
+    assert ratio.value == pytest.approx(sp.gmean(a) / sp.gmean(b)) and p_log == pytest.approx(logs.pvalue)
+    assert (ratio.low, ratio.high) == pytest.approx(tuple(np.exp(logs.confidence_interval(0.95))))
+    assert math.isnan(stats.welch_difference([1.0], [2.0, 3.0])[1])  # one value: no test

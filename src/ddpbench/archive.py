@@ -7,7 +7,6 @@ is checked, and the batches are unpickled through an allow-list that admits nump
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -18,24 +17,13 @@ import numpy as np
 from ddpbench.cache import write_cache
 from ddpbench.cifar10 import CIFAR10_CLASSES, CIFAR10_COUNTS, SPLITS
 from ddpbench.fetch import DataError, md5sum
+from ddpbench.tarsafe import safe_member_name
 
 _MEMBER_DIR = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"{_MEMBER_DIR}/data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = f"{_MEMBER_DIR}/test_batch"
 _META_MEMBER = f"{_MEMBER_DIR}/batches.meta"
 _MAX_MEMBER_BYTES = 64 << 20  # the largest official member is about 31 MB
-
-
-def _check_member(archive: Path, member: tarfile.TarInfo) -> str:
-    """The member's normalised name, or a DataError for anything the CIFAR authors did not make."""
-    name = member.name
-    parts = Path(name).parts
-    if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts:
-        raise DataError(f"unsafe path {name!r} in archive {archive}: refusing to read it")
-    if not (member.isfile() or member.isdir()):
-        kind = "link" if (member.issym() or member.islnk()) else "device or special file"
-        raise DataError(f"unsafe member {name!r} ({kind}) in archive {archive}: refusing to read it")
-    return "/".join(p for p in parts if p != ".")
 
 
 def read_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
@@ -49,7 +37,7 @@ def read_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
-                name = _check_member(archive, member)
+                name = safe_member_name(archive, member, DataError)
                 if name in wanted and member.size > _MAX_MEMBER_BYTES:
                     raise DataError(
                         f"member {member.name!r} of {archive} is {member.size} bytes: too large for CIFAR-10"

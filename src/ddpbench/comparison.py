@@ -1,8 +1,11 @@
-"""Each variant of a study against its baseline variant (grid.baseline, else the first) at the same
-world size and batch size, paired by seed: the throughput and time-to-target ratios, summarised on
-the log scale (geometric mean, t interval of the mean log ratio), and the test-accuracy difference
-(mean, t interval), each with a paired t-test; the tests of the table's cells Holm-corrected together,
-and a cell marked only where the corrected test and a minimum effect size both say so (ddpbench.stats)."""
+"""Runs against runs. Each variant of a study against its baseline variant (grid.baseline, else the
+first) at the same world size and batch size, paired by seed: the throughput and time-to-target
+ratios, summarised on the log scale (geometric mean, t interval of the mean log ratio), and the
+test-accuracy difference (mean, t interval), each with a paired t-test; the tests of the table's
+cells Holm-corrected together, and a cell marked only where the corrected test and a minimum effect
+size both say so (ddpbench.stats). And one setting's runs against another set of them
+(against_reference: machines in ddpbench.compare, one machine over time in ddpbench.history),
+paired by seed where enough seeds match, else with Welch's unpaired test."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from ddpbench.runtable import records
 from ddpbench.stats import (
     CORRECTION,
     DIFFERENCE_TEST,
+    MIN_INTERVAL_N,
     RATIO_TEST,
     geometric_mean_interval,
     holm,
@@ -22,6 +26,8 @@ from ddpbench.stats import (
     paired_difference,
     paired_ratio,
     paired_t_test,
+    welch_difference,
+    welch_ratio,
 )
 
 # A marked cell's corrected p-value is below this (the level of the 95 % intervals).
@@ -39,6 +45,12 @@ METRICS = (
     ("throughput_ratio", True, "throughput"),
     ("time_to_target_ratio", True, "time_to_target"),
     ("test_acc_diff", False, "accuracy_points"),
+)
+# Two sets of runs of one setting (machines, or one machine over time: ddpbench.compare, ddpbench.history):
+# (name, per-run column, whether it is a ratio, its report.min_effect key).
+QUANTITIES = (
+    ("throughput", "throughput_img_s", True, "throughput"),
+    ("test_acc", "test_acc", False, "accuracy_points"),
 )
 STAT_SUFFIXES = ("_vs_baseline", "_ci95_low", "_ci95_high", "_p", "_p_holm", "_marked")
 COMPARISON_COLUMNS = [
@@ -177,3 +189,29 @@ def comparison_tests(n_tests: int, min_effect: dict) -> dict:
         "alpha": ALPHA,
         "min_effect": min_effect,
     }
+
+
+def against_reference(group: pd.DataFrame, ref: pd.DataFrame) -> dict:
+    """Throughput ratio and accuracy difference against the reference's runs of the same setting:
+    paired by seed where MIN_INTERVAL_N seeds match, else Welch's unpaired test."""
+    common = sorted(set(group.seed) & set(ref.seed))
+    paired = len(common) >= MIN_INTERVAL_N
+    out = {"test": "paired" if paired else "unpaired", "n_pairs": len(common) if paired else 0}
+    if paired:
+        mine, theirs = group.set_index("seed").loc[common], ref.set_index("seed").loc[common]
+    for name, column, ratio, _ in QUANTITIES:
+        if paired:
+            a, b = mine[column].to_numpy(float), theirs[column].to_numpy(float)
+            estimate = geometric_mean_interval(a / b) if ratio else mean_interval(a - b)
+            p, _ = paired_t_test(a, b, log=ratio)
+        else:
+            compare = welch_ratio if ratio else welch_difference
+            estimate, p = compare(group[column].to_numpy(float), ref[column].to_numpy(float))
+        suffix = "ratio" if ratio else "diff"
+        out |= {
+            f"{name}_{suffix}": estimate.value,
+            f"{name}_{suffix}_ci95_low": estimate.low,
+            f"{name}_{suffix}_ci95_high": estimate.high,
+            f"{name}_p": p,
+        }
+    return out

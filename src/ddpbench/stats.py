@@ -30,6 +30,11 @@ MEAN_METHOD = "arithmetic mean, with the 95 % Student's t interval of the mean"
 RATIO_TEST = "paired t-test of the log ratios against 0 (scipy.stats.ttest_rel of the logs)"
 DIFFERENCE_TEST = "paired t-test of the differences against 0 (scipy.stats.ttest_rel)"
 CORRECTION = "Holm's step-down correction across the table's tested cells"
+WELCH_RATIO_TEST = (
+    "Welch's t-test of the log values (scipy.stats.ttest_ind, equal_var=False), its interval exponentiated: "
+    "runs not paired by seed"
+)
+WELCH_DIFFERENCE_TEST = "Welch's t-test of the values (scipy.stats.ttest_ind, equal_var=False): runs not paired by seed"
 
 
 class Estimate(NamedTuple):
@@ -116,6 +121,36 @@ def paired_t_test(values: Iterable[float], baseline: Iterable[float], log: bool 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical values: scipy warns, still answers
         return float(stats.ttest_rel(a, b).pvalue), n
+
+
+def welch_difference(
+    values: Iterable[float], reference: Iterable[float], confidence: float = CONFIDENCE
+) -> tuple[Estimate, float]:
+    """Difference of the means of two unpaired samples (values - reference, NaN left out) with Welch's
+    interval (Satterthwaite's degrees of freedom), and Welch's two-sided p-value; n is the smaller
+    sample's size. No interval or test with fewer than two values on either side."""
+    a, b = present(values), present(reference)
+    n = min(len(a), len(b))
+    difference = float(a.mean() - b.mean()) if n else math.nan
+    if n < 2:
+        return Estimate(difference, math.nan, math.nan, n), math.nan
+    if a.var() == 0 and b.var() == 0:  # scipy divides by a zero spread
+        return Estimate(difference, difference, difference, n), (0.0 if difference != 0 else 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical values: scipy warns, still answers
+        result = stats.ttest_ind(a, b, equal_var=False)
+        interval = result.confidence_interval(confidence)
+    return Estimate(difference, float(interval.low), float(interval.high), n), float(result.pvalue)
+
+
+def welch_ratio(
+    values: Iterable[float], reference: Iterable[float], confidence: float = CONFIDENCE
+) -> tuple[Estimate, float]:
+    """The ratio of the geometric means of two unpaired samples of positive values, with Welch's
+    interval of the difference of their mean logs, exponentiated, and Welch's p-value of the logs."""
+    a, b = present(values), present(reference)
+    logs, p = welch_difference(np.log(a[a > 0]), np.log(b[b > 0]), confidence)
+    return Estimate(*(math.exp(v) if math.isfinite(v) else math.nan for v in logs[:3]), logs.n), p
 
 
 def holm(pvalues: Iterable[float]) -> np.ndarray:

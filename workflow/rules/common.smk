@@ -1,5 +1,6 @@
 import os
 import re
+import shlex
 import sys
 
 from snakemake.utils import validate
@@ -78,7 +79,12 @@ comm_options = COMMBENCH.options
 
 
 def final_targets():
-    return ["results/summary.csv", "results/summary.json", "results/report.html"]
+    return ["results/summary.csv", "results/summary.json", "results/report.html", "results/bundle.tar.gz"]
+
+
+def compare_reference(wildcards):
+    reference = config["compare"]["reference"]
+    return "" if reference is None else f"--reference {shlex.quote(reference)}"
 
 
 def output_dir(wildcards, output):

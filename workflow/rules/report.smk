@@ -42,8 +42,8 @@ rule workflow_config:
     log:
         "logs/workflow_config.log",
     params:
-        # As a parameter, a changed configuration re-renders the report.
-        config=config,
+        # As a parameter, a changed configuration re-renders the report (compare: does not).
+        config=plan.study_config(config),
     run:
         from ddpbench.io import atomic_write_json
 
