@@ -22,6 +22,7 @@ from ddpbench import bundle as bundle_mod
 from ddpbench.bundle import BundleError, load_bundle
 from ddpbench.compare import CompareError, comparison
 from ddpbench.compare import main as compare_main
+from ddpbench.comparepage import render as compare_page
 from ddpbench.summary import main as summary_main
 
 
@@ -34,15 +35,18 @@ def shift_days(paths, days):
         path.write_text(json.dumps(run))
 
 
-def make_study(folder, seeds=(0, 1, 2), world_sizes=(1, 2), hostname="node-a", epochs=3, days=0, **run_kwargs):
+def make_study(
+    folder, seeds=(0, 1, 2), world_sizes=(1, 2), hostname="node-a", epochs=3, days=0, variants=None, **run_kwargs
+):
     """A finished study's results/ (runfactory runs, the summary CLI) and its bundle's path; its runs
-    ``days`` after runfactory's."""
+    ``days`` after runfactory's; ``variants``: {name: make_run keyword arguments}."""
     results = folder / "results"
     paths, expected = write_grid(
-        results / "runs", world_sizes, [128], seeds, hostname=hostname, epochs=epochs, **run_kwargs
+        results / "runs", world_sizes, [128], seeds, variants=variants, hostname=hostname, epochs=epochs, **run_kwargs
     )
     shift_days(paths, days)
-    (results / "config.json").write_text(json.dumps({"grid": {"order_seed": 0}}))
+    grid = {"order_seed": 0, **({"variants": {name: {} for name in variants}} if variants else {})}
+    (results / "config.json").write_text(json.dumps({"grid": grid}))
     args = ["--runs", *map(str, paths), "--schema", str(RUN_SCHEMA), "--expect", *expected]
     summary = results / "summary.json"
     assert summary_main([*args, "--csv", str(results / "summary.csv"), "--json", str(summary)]) == 0
@@ -224,6 +228,25 @@ def test_left_out_bundles_and_settings_only_some_ran_are_named(studies, tmp_path
     ]
     with pytest.raises(CompareError, match="fewer than two comparable bundles: copy: a duplicate of base"):
         comparison([load_bundle(studies["base"]), load_bundle(copy)])
+
+
+def test_a_studys_baseline_variant_meets_a_study_without_variants(studies, tmp_path):
+    recipes = make_study(
+        tmp_path / "recipes", hostname="node-f", variants={"plain": {}, "faster": {"throughput_factor": 2}}
+    )
+    result = comparison([load_bundle(studies["base"]), load_bundle(recipes)])
+    rows = {(r["machine"], r["variant"], r["world_size"]): r for r in result["rows"]}
+    plain = rows[("recipes", None, 1)]
+    assert plain["variant_name"] == "plain" and plain["test"] == "paired" and plain["n_runs"] == 3
+    assert plain["throughput_mean_img_s"] == next(
+        r["throughput_mean_img_s"]
+        for r in load_bundle(recipes).summary["rows"]
+        if r["variant"] == "plain" and r["world_size"] == 1
+    )
+    assert ("recipes", "faster", 1) in rows and ("base", "faster", 1) not in rows
+    assert {(p["variant"], p["world_size"]) for p in result["partial_settings"]} == {("faster", 1), ("faster", 2)}
+    html = compare_page(result)
+    assert "recipes <span" in html and "(plain)" in html
 
 
 def test_the_reference_can_be_named(studies):

@@ -60,6 +60,11 @@ class Bundle:
         return self.manifest["study_id"]
 
     @property
+    def baseline(self) -> str:
+        """The study's baseline variant ("" without variants): what compare takes as its main setting."""
+        return ((self.summary.get("variants") or {}).get("baseline")) or ""
+
+    @property
     def name(self) -> str:
         return self.path.name.removesuffix(".gz").removesuffix(".tar")
 

@@ -152,13 +152,22 @@ def unique_labels(names: list[str]) -> list[str]:
 
 
 def runs_frame(machines: list[Machine]) -> pd.DataFrame:
-    rows = [{"machine": m.label, **run_row(run)} for m in machines for run in m.bundle.runs]
+    """One row per run of every machine. A study's baseline variant is its main setting, "": it
+    meets a study without variants, or another study's baseline of another name (the machine
+    table shows where their options differ)."""
+    rows = []
+    for m in machines:
+        for run in m.bundle.runs:
+            row = {"machine": m.label, **run_row(run), "variant_name": run["_variant"]}
+            row["variant"] = "" if run["_variant"] == m.bundle.baseline else run["_variant"]
+            rows.append(row)
     df = pd.DataFrame(rows)
     df["time_to_target_s"] = df.time_to_target_s.astype(float)
     return df
 
 
 def summary_row(machine: Machine, variant: str, batch_size: int, world_size: int) -> dict:
+    variant = variant or machine.bundle.baseline  # the setting's name in this machine's own study
     for row in machine.bundle.summary["rows"]:
         if ((row["variant"] or ""), row["batch_size"], row["world_size"]) == (variant, batch_size, world_size):
             return row
@@ -169,9 +178,8 @@ def predicted_efficiency(machine: Machine, variant: str, batch_size: int) -> dic
     """The bundle's predicted efficiency at PREDICTED_AT for this setting (its own network, its runs'
     batch mode); None where it made no prediction for it."""
     prediction = machine.bundle.summary.get("prediction") or {}
-    baseline = ((machine.bundle.summary.get("variants") or {}).get("baseline")) or ""
     out = {f"predicted_efficiency_at_{w}": None for w in PREDICTED_AT}
-    if variant != baseline:
+    if variant:  # the prediction is the baseline's
         return out
     for curve in prediction.get("curves") or []:
         own = curve["network"] == "measured" and curve["batch_mode"] == curve["runs_batch_mode"]
@@ -190,6 +198,7 @@ def own_figures(machine: Machine, group: pd.DataFrame) -> dict:
     keys += ("efficiency_ci95_low", "efficiency_ci95_high", "test_acc_mean", "test_acc_ci95_low", "test_acc_ci95_high")
     keys += ("time_to_target_mean_s", "n_reached_target", "threads_per_worker")
     return {
+        "variant_name": group.variant_name.iloc[0],
         "n_runs": len(group),
         "seeds": sorted(int(s) for s in group.seed),
         **{key: row.get(key) for key in keys},
