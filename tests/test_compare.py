@@ -10,6 +10,7 @@ import json
 import math
 import re
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -136,14 +137,21 @@ def test_a_tampered_or_foreign_bundle_is_refused_naming_it(studies, tmp_path, ch
     assert str(bad) in str(err.value) and message in str(err.value)
 
 
-def test_a_truncated_or_non_bundle_file_is_refused(studies, tmp_path):
+def test_a_truncated_corrupted_or_non_bundle_file_is_refused(studies, tmp_path):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(studies["base"].read_bytes()[:2000])
     text = tmp_path / "notes.tar.gz"
     text.write_text("not an archive")
+    flipped = tmp_path / "flipped.tar.gz"  # one byte of the deflate stream changed
+    payload = bytearray(studies["base"].read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(payload))
     for path in (cut, text):
         with pytest.raises(BundleError, match="cannot read it as a gzip tar"):
             load_bundle(path)
+    with pytest.raises(BundleError) as err:  # the inflate fails, or a member no longer matches
+        load_bundle(flipped)
+    assert str(err.value).startswith(str(flipped))
 
 
 @pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
@@ -219,14 +227,14 @@ def test_left_out_bundles_and_settings_only_some_ran_are_named(studies, tmp_path
     copy = tmp_path / "copy.tar.gz"
     copy.write_bytes(studies["base"].read_bytes())
     result = comparison([load_bundle(p) for p in (studies["base"], copy, epochs, wider)])
-    reasons = {item["bundle"]: item["reason"] for item in result["left_out"]}
-    assert reasons["copy"] == "a duplicate of base (same study)"
-    assert reasons["epochs"].startswith("not comparable with base: epochs: 2 against 3")
+    reasons = {Path(item["bundle"]).name: item["reason"] for item in result["left_out"]}
+    assert reasons["copy.tar.gz"] == f"a duplicate of {studies['base']} (the same study)"
+    assert reasons["epochs.tar.gz"].startswith(f"not comparable with {studies['base']}: epochs: 2 against 3")
     assert [m["label"] for m in result["machines"]] == ["base", "wider"]
     assert result["partial_settings"] == [
         {"variant": "", "batch_size": 128, "world_size": 4, "in": ["wider"], "missing_from": ["base"]}
     ]
-    with pytest.raises(CompareError, match="fewer than two comparable bundles: copy: a duplicate of base"):
+    with pytest.raises(CompareError, match="fewer than two comparable bundles: .*copy.tar.gz: a duplicate of"):
         comparison([load_bundle(studies["base"]), load_bundle(copy)])
 
 
@@ -247,6 +255,52 @@ def test_a_studys_baseline_variant_meets_a_study_without_variants(studies, tmp_p
     assert {(p["variant"], p["world_size"]) for p in result["partial_settings"]} == {("faster", 1), ("faster", 2)}
     html = compare_page(result)
     assert "recipes <span" in html and "(plain)" in html
+
+
+def test_bundles_of_one_file_name_are_told_apart_by_their_folders(studies, tmp_path):
+    # As the workflow leaves them: every study's results/bundle.tar.gz.
+    paths = []
+    for host in ("laptop", "server"):
+        path = tmp_path / host / "results" / "bundle.tar.gz"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(studies["base" if host == "laptop" else "fast"].read_bytes())
+        paths.append(path)
+    result = comparison([load_bundle(p) for p in paths])
+    assert [m["label"] for m in result["machines"]] == ["laptop/bundle", "server/bundle"]
+    with pytest.raises(CompareError, match="names 2 of the bundles: give its path"):
+        comparison([load_bundle(p) for p in paths], reference="bundle.tar.gz")
+
+
+def test_a_setting_the_reference_did_not_run_is_not_called_the_reference(studies, tmp_path):
+    wider = make_study(tmp_path / "wider", world_sizes=(1, 2, 4), hostname="node-e")
+    result = comparison([load_bundle(studies["base"]), load_bundle(wider)])
+    html = compare_page(result)
+    row = html.split('<tr data-machine="wider" data-world-size="4">', 1)[1].split("</tr>", 1)[0]
+    assert "the reference did not run it" in row and ">reference<" not in row
+    assert 'data-variant="None"' not in html
+    # Options that vary with the world size are compared at the world sizes both ran.
+    threads = next(r for r in result["machine_table"] if r["field"] == "train.threads_per_worker")
+    assert not threads["differs"], threads
+
+
+def test_a_bundle_without_what_compare_reads_is_named(studies, tmp_path):
+    def drop_totals(members):
+        name = "runs/ws1_bs128_seed0.json"
+        run = json.loads(members[name])
+        del run["totals"]["steady_throughput_img_s"]
+        members[name] = json.dumps(run).encode()
+        schema = json.loads(members["run.schema.json"])
+        schema["$defs"] = {}  # a permissive schema shipped along with it
+        schema.pop("required", None)
+        schema["properties"] = {}
+        members["run.schema.json"] = json.dumps(schema).encode()
+        manifest = json.loads(members["manifest.json"])
+        manifest["members"] |= {n: bundle_mod.sha256(members[n]) for n in (name, "run.schema.json")}
+        members["manifest.json"] = json.dumps(manifest).encode()
+
+    edited = rewrite(studies["base"], tmp_path / "edited.tar.gz", drop_totals)
+    with pytest.raises(BundleError, match="steady_throughput_img_s.*another ddpbench version, or edited"):
+        load_bundle(edited)
 
 
 def test_the_reference_can_be_named(studies):

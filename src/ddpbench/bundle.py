@@ -28,6 +28,7 @@ import io
 import json
 import sys
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ FORMAT = "ddpbench-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_BUNDLE_BYTES = 1 << 30  # uncompressed: a study's JSON is megabytes; this is far past any
+MAX_MEMBERS = 100_000
 # The run environment's fields that are the machine's identity in the manifest (with GPU, hosts and commit).
 IDENTITY_FIELDS = ("cpu_model", "logical_cores", "cores_available", "torch", "torchvision", "python", "platform")
 
@@ -159,11 +161,16 @@ def read_tar(path: Path) -> dict[str, bytes]:
             for member in tar:
                 name = safe_member_name(path, member, BundleError)
                 total += member.size
-                if total > MAX_BUNDLE_BYTES:
-                    raise BundleError(f"{path}: more than {MAX_BUNDLE_BYTES >> 20} MiB unpacked: not a ddpbench bundle")
+                if total > MAX_BUNDLE_BYTES or len(members) > MAX_MEMBERS:
+                    limits = f"{MAX_BUNDLE_BYTES >> 20} MiB or {MAX_MEMBERS} members"
+                    raise BundleError(f"{path}: more than {limits} unpacked: not a ddpbench bundle")
+                if name in members:
+                    raise BundleError(f"{path}: member {name} appears twice: tampered, or not a ddpbench bundle")
                 if member.isfile():
                     members[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as err:
+    except FileNotFoundError as err:
+        raise BundleError(f"{path}: no such file") from err
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile, zlib.error) as err:
         raise BundleError(f"{path}: cannot read it as a gzip tar (truncated, or not a bundle): {err}") from err
     return members
 
@@ -220,7 +227,28 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: a member is missing or unreadable ({err}): not a complete bundle") from err
     if not runs:
         raise BundleError(f"{path}: the bundle holds no run")
-    return Bundle(path=path, manifest=manifest, runs=runs, summary=summary, config=config)
+    bundle = Bundle(path=path, manifest=manifest, runs=runs, summary=summary, config=config)
+    check_fields(bundle)
+    return bundle
+
+
+def check_fields(bundle: Bundle) -> None:
+    """What the comparison reads, read once here: a bundle that lacks it (another ddpbench's, or
+    edited along with its manifest) is named, not a traceback later."""
+    from ddpbench.runtable import run_row
+
+    try:
+        bundle.manifest["machine"].items()
+        str(bundle.manifest["started_utc"]) + str(bundle.manifest["study_id"])
+        for run in bundle.runs:
+            run_row(run)
+            run["model"]["name"], run["dataset"]["source"], run["dataset"]["train_samples_used"]
+        for row in bundle.summary["rows"]:
+            row["variant"], row["batch_size"], row["world_size"], row["throughput_mean_img_s"]
+    except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as err:
+        raise BundleError(
+            f"{bundle.path}: lacks {err} where ddpbench reads it: written by another ddpbench version, or edited"
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> int:

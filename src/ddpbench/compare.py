@@ -47,7 +47,7 @@ SETTING = ["variant", "batch_size", "world_size"]
 PREDICTED_AT = (64, 1024)
 # Run options that are the run itself, not a setting of the machine or the study.
 PER_RUN_OPTIONS = {"seed", "out", "data", "world_size", "batch_size", "per_rank_batch_size", "global_batch_size"}
-PER_RUN_OPTIONS |= {"lr_effective", "nnodes"}
+PER_RUN_OPTIONS |= {"lr_effective", "nnodes", "max_train_samples"}
 
 
 # What against_reference adds to a row of a machine that is not the reference.
@@ -100,10 +100,12 @@ def study_facts(bundle: Bundle) -> dict[str, str]:
 def choose_reference(bundles: list[Bundle], reference: str | None) -> int:
     if reference is None:
         return 0
-    for i, bundle in enumerate(bundles):
-        if reference in (str(bundle.path), bundle.path.name, bundle.name):
-            return i
-    raise CompareError(f"compare.reference {reference!r} is none of the bundles; name one of them (its path or file)")
+    found = [i for i, b in enumerate(bundles) if reference in (str(b.path), b.path.name, b.name)]
+    if len(found) > 1:
+        raise CompareError(f"compare.reference {reference!r} names {len(found)} of the bundles: give its path")
+    if not found:
+        raise CompareError(f"compare.reference {reference!r} is none of the bundles; name one (its path or file)")
+    return found[0]
 
 
 def select(bundles: list[Bundle], reference: str | None) -> tuple[list[Machine], list[dict]]:
@@ -118,7 +120,7 @@ def select(bundles: list[Bundle], reference: str | None) -> tuple[list[Machine],
     for bundle in ordered:
         if bundle.study_id in seen:
             left_out.append(
-                {"bundle": bundle.name, "reason": f"a duplicate of {seen[bundle.study_id].name} (same study)"}
+                {"bundle": str(bundle.path), "reason": f"a duplicate of {seen[bundle.study_id].path} (the same study)"}
             )
             continue
         seen[bundle.study_id] = bundle
@@ -128,24 +130,30 @@ def select(bundles: list[Bundle], reference: str | None) -> tuple[list[Machine],
             if value != ref_facts[key]
         ]
         if differ:
-            left_out.append({"bundle": bundle.name, "reason": f"not comparable with {ref.name}: " + "; ".join(differ)})
+            reason = f"not comparable with {ref.path}: " + "; ".join(differ)
+            left_out.append({"bundle": str(bundle.path), "reason": reason})
         else:
             kept.append(bundle)
     if len(kept) < 2:
         reasons = "; ".join(f"{d['bundle']}: {d['reason']}" for d in left_out)
         raise CompareError(f"fewer than two comparable bundles: {reasons}")
-    labels = unique_labels([b.name for b in kept])
+    labels = unique_labels([b.path for b in kept])
     return [Machine(label, bundle) for label, bundle in zip(labels, kept, strict=True)], left_out
 
 
-def unique_labels(names: list[str]) -> list[str]:
-    labels = []
-    for name in names:
-        label, k = name, 2
-        while label in labels:
-            label, k = f"{name} ({k})", k + 1
-        labels.append(label)
-    return labels
+def unique_labels(paths: list[Path]) -> list[str]:
+    """Each bundle's file name without .tar.gz; where names collide (every study writes
+    results/bundle.tar.gz), as many parent folders as tell them apart, results/ left out."""
+
+    def label(path: Path, depth: int) -> str:
+        parts = [p for p in Path(path).resolve().parent.parts[1:] if p != "results"][-depth:] if depth else []
+        return "/".join([*parts, Path(path).name.removesuffix(".gz").removesuffix(".tar")])
+
+    depth = 0
+    while len({label(p, depth) for p in paths}) < len(paths) and depth < 32:
+        depth += 1
+    labels = [label(p, depth) for p in paths]
+    return [f"{name} ({i + 1})" if labels.count(name) > 1 else name for i, name in enumerate(labels)]
 
 
 # --------------------------------------------------------------------------- the tables
@@ -255,25 +263,34 @@ def partial_settings(runs: pd.DataFrame, machines: list[Machine]) -> list[dict]:
     return out
 
 
+def option_values(runs: list[dict], key: str, world_sizes: set[int]) -> str:
+    """A run option as the machine table shows it: its values over the runs at the world sizes
+    every machine ran, by world size where they differ between them (threads per rank with auto)."""
+    by_ws: dict[int, set[str]] = {}
+    for run in runs:
+        if run["config"]["world_size"] in world_sizes and key in run["config"]:
+            by_ws.setdefault(run["config"]["world_size"], set()).add(repr(run["config"][key]))
+    if not by_ws:
+        return "–"
+    texts = {w: ", ".join(sorted(v)) for w, v in sorted(by_ws.items())}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "; ".join(f"W = {w}: {t}" for w, t in texts.items())
+
+
 def machine_table(machines: list[Machine]) -> list[dict]:
-    """One row per identity field and per run option that is not the run itself: each machine's value,
-    and whether they differ (the page highlights those)."""
-    fields: dict[str, list] = {}
-    for m in machines:
-        ident = m.bundle.manifest["machine"]
-        for key, value in ident.items():
-            fields.setdefault(key, []).append(value)
-    options: dict[str, list] = {}
-    for m in machines:
-        for key in sorted({k for run in m.bundle.runs for k in run["config"]} - PER_RUN_OPTIONS):
-            values = sorted({repr(run["config"].get(key)) for run in m.bundle.runs})
-            options.setdefault(f"train.{key}", []).append(", ".join(values))
-    rows = []
-    for key, values in [*fields.items(), *options.items()]:
-        shown = [", ".join(map(str, v)) if isinstance(v, list) else ("–" if v is None else str(v)) for v in values]
-        if len(shown) == len(machines):
-            rows.append({"field": key, "values": shown, "differs": len(set(shown)) > 1})
-    return rows
+    """One row per identity field and per run option that is not the run itself: each machine's value
+    ("–" where it records none), and whether they differ (the page highlights those)."""
+
+    def shown(value) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else ("–" if value is None else str(value))
+
+    keys = sorted({k for m in machines for k in m.bundle.manifest["machine"]})
+    rows = [(key, [shown(m.bundle.manifest["machine"].get(key)) for m in machines]) for key in keys]
+    common = set.intersection(*({r["config"]["world_size"] for r in m.bundle.runs} for m in machines))
+    options = sorted({k for m in machines for run in m.bundle.runs for k in run["config"]} - PER_RUN_OPTIONS)
+    rows += [(f"train.{key}", [option_values(m.bundle.runs, key, common) for m in machines]) for key in options]
+    return [{"field": key, "values": values, "differs": len(set(values)) > 1} for key, values in rows]
 
 
 def method(n_tests: int, min_effect: dict) -> dict:
@@ -339,8 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, CompareError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    atomic_write_text(args.csv or args.out.with_suffix(".csv"), csv_text(result))
-    atomic_write_text(args.out, render(result))
+    try:
+        atomic_write_text(args.csv or args.out.with_suffix(".csv"), csv_text(result))
+        atomic_write_text(args.out, render(result))
+    except OSError as err:
+        print(f"error: cannot write the comparison: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} and {args.csv or args.out.with_suffix('.csv')}: {len(result['machines'])} machines")
     return 0
 

@@ -23,6 +23,7 @@ from ddpbench.svg import svg_text
 
 SETTING = ["variant", "batch_size", "world_size"]
 STEP_COLOURS = {True: "#b91c1c", False: "#15803d"}  # a regression red, an improvement green
+STEP_VERDICTS = ("regression", "improvement")
 METHOD = (
     "consecutive bundles (ordered by their runs' first start) compared as two machines are: paired t-test of the "
     "log throughputs where at least 3 seeds match, else Welch's t-test of the logs; every step's p-value "
@@ -65,7 +66,10 @@ def flag_steps(series: list[dict], min_effect: float) -> None:
             ratio = step["throughput_ratio"]
             big = math.isfinite(ratio) and ratio > 0 and abs(math.log(ratio)) > threshold
             significant = step["throughput_p_holm"] < ALPHA
-            step["verdict"] = ("improvement" if ratio > 1 else "regression") if big and significant else ""
+            if math.isnan(step["throughput_p"]):
+                step["verdict"] = "untested"  # fewer than MIN_INTERVAL_N runs on a side
+            else:
+                step["verdict"] = ("improvement" if ratio > 1 else "regression") if big and significant else ""
 
 
 def history_plot(series: list[dict], order: list[str]) -> Figure:
@@ -81,7 +85,7 @@ def history_plot(series: list[dict], order: list[str]) -> Figure:
         errors = np.nan_to_num(np.vstack([y - low, high - y]), nan=0.0)
         label = f"{s['variant'] or 'baseline'}, bs {s['batch_size']}, W = {s['world_size']}"
         ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=label)
-        flagged = [(position[st["after"]], st["verdict"]) for st in s["steps"] if st["verdict"]]
+        flagged = [(position[st["after"]], st["verdict"]) for st in s["steps"] if st["verdict"] in STEP_VERDICTS]
         for xf, verdict in flagged:
             yf = y[x.index(xf)]
             regression = verdict == "regression"

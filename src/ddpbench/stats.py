@@ -128,11 +128,11 @@ def welch_difference(
 ) -> tuple[Estimate, float]:
     """Difference of the means of two unpaired samples (values - reference, NaN left out) with Welch's
     interval (Satterthwaite's degrees of freedom), and Welch's two-sided p-value; n is the smaller
-    sample's size. No interval or test with fewer than two values on either side."""
+    sample's size. No interval or test with fewer than MIN_INTERVAL_N values on either side."""
     a, b = present(values), present(reference)
     n = min(len(a), len(b))
     difference = float(a.mean() - b.mean()) if n else math.nan
-    if n < 2:
+    if n < MIN_INTERVAL_N:
         return Estimate(difference, math.nan, math.nan, n), math.nan
     if a.var() == 0 and b.var() == 0:  # scipy divides by a zero spread
         return Estimate(difference, difference, difference, n), (0.0 if difference != 0 else 1.0)
