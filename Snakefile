@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/peak.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/compare.smk"
 

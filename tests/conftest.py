@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RUN_SCHEMA = REPO / "workflow" / "schemas" / "run.schema.json"
 SHARED_DATA = REPO.parent / "shared" / "data"
+# ddpbench.peak keeps each host's measurement in a cache: the tests' (every workflow they run, the
+# cluster's jobs too) stay in one of their own, measured once per session, not in the home folder's.
+if "DDPBENCH_CACHE" not in os.environ:
+    os.environ["DDPBENCH_CACHE"] = tempfile.mkdtemp(prefix="ddpbench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DDPBENCH_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@
         --out results/bundle.tar.gz
 
 Members, named relative to ``--root``: the run JSONs (runs/[<variant>/]ws<W>_bs<B>_seed<S>.json),
-summary.json and .csv (prediction.csv where there is one), config.json, commbench's timings
-(comm/), environment.json (each host's machine state, from its first run), run.schema.json (the
+summary.json and .csv (prediction.csv and peak.json where there are), config.json, commbench's
+timings (comm/), environment.json (each host's machine state, from its first run), run.schema.json (the
 schema the runs were written against) and manifest.json: the format and its version, the sha256 of
 every other member, the study's id (the sha256 of those hashes: two bundles of the same study share
 it) and the machine's identity. The archive is deterministic (sorted members, fixed times and
@@ -141,7 +141,9 @@ def member_name(root: Path, path: Path) -> str:
 def study_members(args: argparse.Namespace) -> tuple[dict[str, bytes], list[dict]]:
     """The bundle's members from the study's files, and its runs (parsed)."""
     files = [*args.runs, args.summary, args.config, *args.comm]
-    files += [p for p in (args.summary.with_suffix(".csv"), args.summary.parent / "prediction.csv") if p.is_file()]
+    folder = args.summary.parent
+    beside = [args.summary.with_suffix(".csv"), folder / "prediction.csv", folder / "peak.json"]
+    files += [p for p in beside if p.is_file()]
     members = {member_name(args.root, p): Path(p).read_bytes() for p in files}
     runs = [json.loads(Path(p).read_bytes()) for p in args.runs]
     members["environment.json"] = json.dumps(host_environments(runs), indent=1, sort_keys=True).encode()

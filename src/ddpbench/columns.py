@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ddpbench.comparison import COMPARISON_COLUMNS
 from ddpbench.stats import MEAN_METHOD, MIN_INTERVAL_N, RATIO_METHOD
+from ddpbench.utilisation import DEFINITIONS as UTILISATION_DEFINITIONS
+from ddpbench.utilisation import UTILISATION_COLUMNS
 
 SUMMARY_COLUMNS = [
     "world_size",
@@ -48,6 +50,7 @@ SUMMARY_COLUMNS = [
     "peak_rss_max_bytes",
     "threads_per_worker",
     "nnodes",
+    *UTILISATION_COLUMNS,
 ]
 DEFINITIONS = {
     "train_time": "sum of the epochs' training phases on rank 0, excluding evaluation, in seconds",
@@ -86,6 +89,7 @@ DEFINITIONS = {
     "already uses all the cores, so efficiency compares W ranks with one rank on the same cores); "
     "cores_per_worker_fixed: threads_per_worker the same at every world size (classic scaling efficiency); "
     "mixed: neither",
+    **UTILISATION_DEFINITIONS,
 }
 PREDICTION_DEFINITIONS = {
     "prediction": "the scaling model (ddpbench.predict) fitted to the runs and the all-reduce timings of "

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from ddpbench.distributed import gloo_on_loopback_within_one_node, pin_to_cores, select_device
 from ddpbench.io import atomic_write_json, utc_now
-from ddpbench.metrics import cpu_model
+from ddpbench.machine import cpu_model
 from ddpbench.step import sgd_step, step_model
 
 FLOAT32_BYTES = 4

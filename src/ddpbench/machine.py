@@ -27,6 +27,20 @@ def read_text(path: Path | str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
+    for line in (read_text("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo): avx512f, avx512_bf16, amx_bf16, ...; none where unreadable."""
+    line = next((line for line in (read_text("/proc/cpuinfo") or "").splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
 def governor(cpu: Path = CPU) -> str:
     """The cpufreq governor of every CPU, one name if they agree (e.g. "performance"), else "mixed: ..."."""
     names = sorted({text for p in glob.glob(str(cpu / "cpu[0-9]*/cpufreq/scaling_governor")) if (text := read_text(p))})

@@ -14,6 +14,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from ddpbench.machine import cpu_model
+
 
 def process_start_time() -> float:
     """When this process was created (epoch seconds, to a clock tick), from /proc.
@@ -94,17 +96,6 @@ def mapped_file_memory(suffix: str) -> dict[str, int] | None:
     except OSError:
         return None
     return totals
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit(cwd: str | None = None) -> str | None:

@@ -145,6 +145,12 @@ def check_variant_overrides(variants: dict) -> None:
 # ---------------------------------------------------------------- the machine and the launchers
 
 
+def trained_models(config: dict, variants: dict | None) -> str:
+    """The models the study trains (its own, and any variant's), comma-separated, for ddpbench.peak."""
+    own = config["train"]["model"]
+    return ",".join(sorted({own, *((v.get("train") or {}).get("model", own) for v in (variants or {}).values())}))
+
+
 def study_config(config: dict) -> dict:
     """The config the study's results depend on: all but compare:, which only `snakemake compare` reads."""
     return {key: value for key, value in config.items() if key != "compare"}
@@ -326,6 +332,10 @@ class Jobs:
     def ranks_on_node(self, wildcards) -> int:
         world_size = int(wildcards.world_size)
         return world_size // self.grid.nodes(world_size)
+
+    def peak_threads(self) -> int:
+        """ddpbench.peak's threads: every core Snakemake may use; on a cluster one (more are scaled from it)."""
+        return self.cores() if self.grid.local_exec else 1
 
     def train_threads(self, wildcards) -> int:
         """A node's CPUs for the job: threads_per_worker for each of its ranks. With auto, locally

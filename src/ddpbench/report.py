@@ -55,6 +55,7 @@ SUMMARY_KEYS = (
     "prediction_reason",
     "speedup_unpaired",
     "statistics",
+    "utilisation",
 )
 # --------------------------------------------------------------------------- inputs
 

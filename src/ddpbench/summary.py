@@ -84,6 +84,7 @@ from ddpbench.stats import (
     paired_difference,
     pooled_rate,
 )
+from ddpbench.utilisation import add_utilisation, load_peak, utilisation_facts
 
 # --------------------------------------------------------------------------- the summary rows
 
@@ -336,12 +337,14 @@ def build_summary(
     config: dict | None = None,
     config_source: str = "the workflow config",
     comm: list[Path] | None = None,
+    peak: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """summary.json's content and the summary table (summary.csv) of the runs at ``paths``.
 
     ``expected`` names the grid's runs; ``config`` is the workflow config every run must agree with,
     and its grid.variants (or variant folders in ``expected``) make it a study of variants; ``comm``
-    are ddpbench.commbench's outputs the scaling prediction is fitted to."""
+    are ddpbench.commbench's outputs the scaling prediction is fitted to; ``peak`` ddpbench.peak's
+    measurement, for each setting's FLOP utilisation."""
     expected = expected or []
     runs, variants, baseline = checked_runs(paths, schema, expected, config, config_source)
     prediction, prediction_reason = scaling_prediction(runs, load_comm(comm or []), config, baseline)
@@ -349,6 +352,7 @@ def build_summary(
     table = add_baseline_pairs(add_speedup(add_run_order(runs_table(runs, order), expected)), baseline)
     effect = min_effect(config)
     summary, n_tests = mark_cells(summarize(table), baseline, effect)
+    summary = add_utilisation(summary, table, peak)
     fixed = cores_fixed(table)
     csv_columns, json_columns = summary_columns(bool(variants))
     return {
@@ -372,6 +376,7 @@ def build_summary(
         "shared_run_config": shared_run_config(runs),
         "prediction": prediction,
         "prediction_reason": prediction_reason,
+        "utilisation": utilisation_facts(peak, table),
     }, summary[csv_columns]
 
 
@@ -395,11 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         "--comm", nargs="*", default=[], type=Path, help="ddpbench.commbench outputs for the scaling prediction"
     )
     p.add_argument("--prediction-csv", type=Path, help="write the predicted rows here (only a header without)")
+    p.add_argument("--peak", type=Path, help="ddpbench.peak's results/peak.json, for the FLOP utilisation")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
         source = f"the workflow config {args.config}"
-        result, summary = build_summary(args.runs, args.schema, args.expect, config, source, args.comm)
+        peak = load_peak(args.peak)
+        result, summary = build_summary(args.runs, args.schema, args.expect, config, source, args.comm, peak)
     except (RunsError, OSError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -67,6 +67,9 @@ launch_prefix = JOBS.launch_prefix
 train_launcher = JOBS.train_launcher
 rendezvous = JOBS.rendezvous
 
+peak_threads = JOBS.peak_threads
+PEAK_MODELS = plan.trained_models(config, VARIANTS)
+
 COMM = COMMBENCH.dir
 COMM_WORLD_SIZES = COMMBENCH.world_sizes()
 COMM_FILES = COMMBENCH.files()

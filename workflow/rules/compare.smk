@@ -9,6 +9,7 @@ rule bundle:
         summary="results/summary.json",
         csv="results/summary.csv",
         prediction="results/prediction.csv",
+        peak="results/peak.json",
         config="results/config.json",
         schema="workflow/schemas/run.schema.json",
     output:

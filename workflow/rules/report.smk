@@ -4,6 +4,7 @@ rule aggregate:
     input:
         runs=run_files(),
         comm=COMM_FILES,
+        peak="results/peak.json",
         schema="workflow/schemas/run.schema.json",
         config="results/config.json",
     output:
@@ -32,7 +33,7 @@ rule aggregate:
         # The log's end on the console too: a refused run names its file and the fix.
         "python -m ddpbench.summary --runs {input.runs} --schema {input.schema} --config {input.config}"
         " --expect {params.expected} --comm {input.comm} --csv {output.csv} --json {output.json}"
-        " --prediction-csv {output.prediction} > {log} 2>&1"
+        " --prediction-csv {output.prediction} --peak {input.peak} > {log} 2>&1"
         " || {{ tail -n 20 {log} >&2; exit 1; }}"
 
 
@@ -94,12 +95,13 @@ rule partial_report:
     params:
         runs=existing_run_files,
         comm=lambda wildcards: [path for path in COMM_FILES if os.path.exists(path)],
+        peak=lambda wildcards: "--peak results/peak.json" if os.path.exists("results/peak.json") else "",
         expected=RUN_ORDER,
         schema=workflow.source_path("../schemas/run.schema.json"),
     shell:
         "(python -m ddpbench.summary --runs {params.runs} --schema {params.schema}"
         " --config {input.config} --expect {params.expected} --comm {params.comm}"
-        " --csv {output.csv} --json {output.json}"
+        " --csv {output.csv} --json {output.json} {params.peak}"
         " && python -m ddpbench.report --summary {output.json} --config {input.config}"
         " --logs-dir logs/train --out {output.html} --plots-dir {output.plots}) > {log} 2>&1"
         " || {{ tail -n 20 {log} >&2; exit 1; }}"
