@@ -44,6 +44,7 @@ def main() -> None:
         help="pin to one block of --threads available cores, as the engine pins a rank",
     )
     p.add_argument("--block", type=int, default=0, help="which block (a rank's local rank)")
+    p.add_argument("--gemm", action="store_true", help="also time ddpbench.peak's matrix product at these threads")
     p.add_argument(
         "--heap",
         choices=("retain", "system"),
@@ -112,6 +113,10 @@ def main() -> None:
     if len(ends) >= 20:  # how steady the machine was: step times' 5th, 50th and 95th percentiles
         cuts = statistics.quantiles([1e3 * (b - a) for a, b in itertools.pairwise([start, *ends])], n=20)
         result["step_ms_p5_p50_p95"] = [cuts[0], cuts[9], cuts[18]]
+    if args.gemm and not args.synchronise:  # after the bound: the attainable peak of the same cores
+        from ddpbench.peak import gemm_flops
+
+        result["gemm_flops_s"] = gemm_flops(args.threads, args.precision, args.device)["flops_s"]
     if args.synchronise:
         per_rank = gather_objects(result["images_per_s"])
         dist.destroy_process_group()

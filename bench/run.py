@@ -16,7 +16,9 @@ machine's speed hit every figure alike:
   4. all-reduce of a gradient-sized buffer at world size 2 and the largest world size, through
      gloo and (CPU) through ddpbench's shared-memory exchange; and, at the largest world size,
      the engine with that exchange instead of DDP's own all-reduce (train.allreduce: shared_memory);
-  5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them.
+  5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them;
+  6. the matrix-product peak of the world size 1 threads (ddpbench.peak, after each compute bound,
+     in its precision), and the bound's and the engine's model FLOP utilisation against it.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
 on the machine (one after the other), never two at a time.
 """
@@ -40,7 +42,8 @@ import torch
 from ddpbench.cache import make_synthetic, read_meta
 from ddpbench.cpus import cores_available
 from ddpbench.io import atomic_write_json, utc_now
-from ddpbench.metrics import cpu_model
+from ddpbench.machine import cpu_model
+from ddpbench.peak import flops_per_image
 
 BENCH = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -77,9 +80,12 @@ def compute_bound_cmd(threads: int, args, channels_last: str = "on", heap: str =
     ]
 
 
-def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain") -> float:
-    cmd = compute_bound_cmd(threads, args, channels_last, heap)
-    return run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})["images_per_s"]
+def compute_bound(threads: int, args, channels_last: str = "on", heap: str = "retain", gemm: bool = False):
+    """images/s of the compute bound; with ``gemm`` a dict that also holds the matrix-product peak
+    of the same threads (ddpbench.peak), timed after it in the same process."""
+    cmd = compute_bound_cmd(threads, args, channels_last, heap) + (["--gemm"] if gemm else [])
+    result = run_json(cmd, env={"OMP_NUM_THREADS": str(threads)})
+    return {k: result[k] for k in ("images_per_s", "gemm_flops_s")} if gemm else result["images_per_s"]
 
 
 def concurrent_compute_bounds(copies: int, threads: int, args) -> float:
@@ -267,7 +273,7 @@ def main() -> int:
 
     samples: dict[str, list] = {}
     plan = [
-        (f"compute_bound_{threads_1}t", lambda: compute_bound(threads_1, args)),
+        (f"compute_bound_{threads_1}t", lambda: compute_bound(threads_1, args, gemm=True)),
         # What train.channels_last: auto (= on) is chosen against.
         (f"compute_bound_{threads_1}t_contiguous", lambda: compute_bound(threads_1, args, channels_last="off")),
         ("engine_ws1", lambda: engine(1, threads_1, "resident", args)),
@@ -279,7 +285,7 @@ def main() -> int:
     bf16 = argparse.Namespace(**{**vars(args), "precision": "bf16"})
     if measure_bf16(args):  # against the fp32 engine and the bf16 compute bound, in the same run
         plan += [
-            (f"compute_bound_{threads_1}t_bf16", lambda: compute_bound(threads_1, bf16)),
+            (f"compute_bound_{threads_1}t_bf16", lambda: compute_bound(threads_1, bf16, gemm=True)),
             ("engine_ws1_bf16", lambda: engine(1, threads_1, "resident", bf16)),
         ]
     if not args.skip_classic:
@@ -335,6 +341,12 @@ def main() -> int:
         targets["retained_heap_vs_system_heap"] = (
             med[f"compute_bound_{threads_1}t"] / med[f"compute_bound_{threads_1}t_system_heap"]
         )
+    # How far from the hardware: model FLOP/s over the matrix-product peak of the same threads.
+    flops = flops_per_image("simple_cnn", args.device)
+    for suffix in ("", "_bf16") if measure_bf16(args) else ("",):
+        gemm = figures[f"compute_bound_{threads_1}t{suffix}"]["gemm_flops_s"]["median"]
+        targets[f"compute_bound_{threads_1}t{suffix}_mfu"] = med[f"compute_bound_{threads_1}t{suffix}"] * flops / gemm
+        targets[f"engine_ws1{suffix}_mfu"] = med[f"engine_ws1{suffix}"] * flops / gemm
     if measure_bf16(args):
         targets["ws1_bf16_vs_bf16_compute_bound"] = med["engine_ws1_bf16"] / med[f"compute_bound_{threads_1}t_bf16"]
         targets["ws1_bf16_vs_ws1_fp32"] = med["engine_ws1_bf16"] / med["engine_ws1"]
@@ -398,6 +410,7 @@ def main() -> int:
             "threads_ws1": threads_1,
             f"threads_ws{w_max}": threads_max,
             "command": " ".join(sys.argv),
+            "model_flops_per_image": flops,
         },
         "figures": figures,
         "ratios_of_medians": targets,
@@ -414,8 +427,8 @@ def table(result: dict) -> str:
     lines = [f"{'measurement':34} {'median':>12} {'min':>12} {'max':>12}  unit"]
     for name, fig in result["figures"].items():
         key, unit = ("images_per_s", "images/s") if "images_per_s" in fig else ("median_s", "s/call")
-        if name.startswith("compute_bound"):
-            f, unit = fig, "images/s"
+        if name.startswith("compute_bound"):  # a plain spread, or with its matrix-product peak beside it
+            f, unit = fig.get("images_per_s", fig), "images/s"
         else:
             f = fig[key]
         lines.append(
@@ -424,6 +437,8 @@ def table(result: dict) -> str:
             else f"{name:34} {f['median'] * 1e3:12.2f} {f['min'] * 1e3:12.2f} {f['max'] * 1e3:12.2f}  ms/call"
             f" ({fig['bus_bandwidth_gb_s']['median']:.2f} GB/s bus)"
         )
+        if "gemm_flops_s" in fig:
+            lines[-1] += f"  (matrix-product peak {fig['gemm_flops_s']['median'] / 1e9:.0f} GFLOP/s)"
         if "_ws" in name and not name.startswith("allreduce"):
             extra = [
                 f"first epoch {fig['first_epoch_images_per_s']['median']:.0f} img/s",

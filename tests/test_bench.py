@@ -81,6 +81,13 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
         median("engine_ws1_bf16") / median(f"compute_bound_{cores}t_bf16")
     )
     assert ratios["ws1_vs_study_pipeline"] == pytest.approx(median("engine_ws1") / median("study_pipeline_ws1"))
+    # Model FLOP utilisation against the matrix-product peak of the same threads, fp32 and bf16.
+    flops = bench["settings"]["model_flops_per_image"]
+    for suffix in ("", "_bf16"):
+        bound = bench["figures"][f"compute_bound_{cores}t{suffix}"]
+        gemm = bound["gemm_flops_s"]["median"]
+        assert ratios[f"engine_ws1{suffix}_mfu"] == pytest.approx(median(f"engine_ws1{suffix}") * flops / gemm)
+        assert 0 < ratios[f"compute_bound_{cores}t{suffix}_mfu"] < 1.5
     if w > 1:
         assert ratios[f"ws{w}_vs_{w}x_compute_bound_{t}t"] == pytest.approx(
             median(f"engine_ws{w}") / (w * median(f"compute_bound_{t}t"))
