@@ -45,6 +45,12 @@ COUNTED = (
 )
 
 
+def trained_models(config: dict, variants: dict | None) -> str:
+    """The models the study trains (its own, and any variant's), comma-separated, for ddpbench.peak."""
+    own = config["train"]["model"]
+    return ",".join(sorted({own, *((v.get("train") or {}).get("model", own) for v in (variants or {}).values())}))
+
+
 def bf16_native(device: str) -> bool:
     """Whether bf16 matrix products run in hardware here (else torch emulates them, slowly)."""
     if device == "cuda":

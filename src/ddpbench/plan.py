@@ -145,12 +145,6 @@ def check_variant_overrides(variants: dict) -> None:
 # ---------------------------------------------------------------- the machine and the launchers
 
 
-def trained_models(config: dict, variants: dict | None) -> str:
-    """The models the study trains (its own, and any variant's), comma-separated, for ddpbench.peak."""
-    own = config["train"]["model"]
-    return ",".join(sorted({own, *((v.get("train") or {}).get("model", own) for v in (variants or {}).values())}))
-
-
 def study_config(config: dict) -> dict:
     """The config the study's results depend on: all but compare:, which only `snakemake compare` reads."""
     return {key: value for key, value in config.items() if key != "compare"}
@@ -334,8 +328,11 @@ class Jobs:
         return world_size // self.grid.nodes(world_size)
 
     def peak_threads(self) -> int:
-        """ddpbench.peak's threads: every core Snakemake may use; on a cluster one (more are scaled from it)."""
-        return self.cores() if self.grid.local_exec else 1
+        """ddpbench.peak's threads: the --cores Snakemake may use; without (a cluster's --jobs) one."""
+        try:
+            return self.cores()
+        except Exception:  # Snakemake's WorkflowError (this module imports no Snakemake)
+            return 1
 
     def train_threads(self, wildcards) -> int:
         """A node's CPUs for the job: threads_per_worker for each of its ranks. With auto, locally

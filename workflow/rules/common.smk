@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 # The rules call this checkout's package (the plan, run options, atomic writes); it never calls them.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from ddpbench import order, plan
+from ddpbench import order, peak, plan
 
 CONFIG_SCHEMA = "../schemas/config.schema.yaml"
 
@@ -68,7 +68,7 @@ train_launcher = JOBS.train_launcher
 rendezvous = JOBS.rendezvous
 
 peak_threads = JOBS.peak_threads
-PEAK_MODELS = plan.trained_models(config, VARIANTS)
+PEAK_MODELS = peak.trained_models(config, VARIANTS)
 
 COMM = COMMBENCH.dir
 COMM_WORLD_SIZES = COMMBENCH.world_sizes()
