@@ -32,6 +32,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddpbench.conditions import distinct
 from ddpbench.io import atomic_write_bytes, utc_now
 from ddpbench.runs import VARIANT_NAME
 from ddpbench.tarsafe import safe_member_name
@@ -75,25 +76,25 @@ def sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def distinct(values) -> object:
-    """One value where every run agrees, else the sorted distinct values."""
-    seen = sorted({json.dumps(v, sort_keys=True) for v in values})
-    found = [json.loads(v) for v in seen]
-    return found[0] if len(found) == 1 else found
+def one_or_all(values) -> object:
+    """One value where every run agrees (conditions.distinct), the distinct values where they
+    differ, None where no run recorded one."""
+    found = distinct(values)
+    return found[0] if len(found) == 1 else (found or None)
 
 
 def identity(runs: list[dict]) -> dict:
     """What makes the machine this machine: CPU, cores, GPU, hosts, software and the code's commit."""
     envs = [run["environment"] for run in runs]
     cuda = [env for env in envs if env.get("device") == "cuda"]
-    ident = {key: distinct(env.get(key) for env in envs) for key in IDENTITY_FIELDS}
-    ident["gpu_model"] = distinct(env.get("device_name") for env in cuda) if cuda else None
+    ident = {key: one_or_all(env.get(key) for env in envs) for key in IDENTITY_FIELDS}
+    ident["gpu_model"] = one_or_all(env.get("device_name") for env in cuda)
     ident["gpu_count"] = max(
         (run["config"]["world_size"] for run in runs if run["config"]["device"] == "cuda"), default=0
     )
-    ident["hosts"] = sorted({host for env in envs for host in (env.get("hostnames") or [env.get("hostname")])})
-    ident["git_commit"] = distinct(env.get("git_commit") for env in envs)
-    ident["git_dirty"] = distinct(env.get("git_dirty") for env in envs)
+    ident["hosts"] = sorted(distinct(env.get("hostnames") or env.get("hostname") for env in envs))
+    ident["git_commit"] = one_or_all(env.get("git_commit") for env in envs)
+    ident["git_dirty"] = one_or_all(env.get("git_dirty") for env in envs)
     return ident
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ddpbench.bundle import Bundle, BundleError, load_bundle
-from ddpbench.comparison import ALPHA, MIN_EFFECT, QUANTITIES, against_reference, large_enough
+from ddpbench.comparison import ALPHA, MIN_EFFECT, QUANTITIES, SETTING, against_reference, large_enough
 from ddpbench.history import history_section
 from ddpbench.io import atomic_write_text
 from ddpbench.runtable import records, run_row
@@ -43,7 +43,6 @@ from ddpbench.stats import (
     holm,
 )
 
-SETTING = ["variant", "batch_size", "world_size"]
 PREDICTED_AT = (64, 1024)
 # Run options that are the run itself, not a setting of the machine or the study.
 PER_RUN_OPTIONS = {"seed", "out", "data", "world_size", "batch_size", "per_rank_batch_size", "global_batch_size"}

@@ -46,6 +46,8 @@ METRICS = (
     ("time_to_target_ratio", True, "time_to_target"),
     ("test_acc_diff", False, "accuracy_points"),
 )
+# A setting as ddpbench.compare and ddpbench.history compare it across bundles.
+SETTING = ["variant", "batch_size", "world_size"]
 # Two sets of runs of one setting (machines, or one machine over time: ddpbench.compare, ddpbench.history):
 # (name, per-run column, whether it is a ratio, its report.min_effect key).
 QUANTITIES = (

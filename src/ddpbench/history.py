@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ddpbench.comparison import ALPHA, MIN_EFFECT, against_reference
+from ddpbench.comparison import ALPHA, MIN_EFFECT, SETTING, against_reference
 from ddpbench.stats import geometric_mean_interval, holm
 from ddpbench.svg import svg_text
 
-SETTING = ["variant", "batch_size", "world_size"]
 STEP_COLOURS = {True: "#b91c1c", False: "#15803d"}  # a regression red, an improvement green
 STEP_VERDICTS = ("regression", "improvement")
 METHOD = (

@@ -145,11 +145,6 @@ def check_variant_overrides(variants: dict) -> None:
 # ---------------------------------------------------------------- the machine and the launchers
 
 
-def study_config(config: dict) -> dict:
-    """The config the study's results depend on: all but compare:, which only `snakemake compare` reads."""
-    return {key: value for key, value in config.items() if key != "compare"}
-
-
 def machine_capacity(device: str) -> int:
     """Ranks this machine can run at once: its cores (cpu) or GPUs (cuda)."""
     if device != "cuda":

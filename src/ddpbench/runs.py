@@ -151,6 +151,11 @@ def load_runs(paths: list[Path], schema_path: Path | None = None, variants: dict
     return runs
 
 
+def study_config(config: dict) -> dict:
+    """The config the study's results depend on: all but compare:, which only `snakemake compare` reads."""
+    return {key: value for key, value in config.items() if key != "compare"}
+
+
 def load_config(path: Path | None) -> dict | None:
     """The workflow's resolved config (results/config.json), or any YAML of the same shape."""
     return None if path is None else yaml.safe_load(Path(path).read_text())

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 # The rules call this checkout's package (the plan, run options, atomic writes); it never calls them.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from ddpbench import order, peak, plan
+from ddpbench import order, peak, plan, runs
 
 CONFIG_SCHEMA = "../schemas/config.schema.yaml"
 

@@ -44,7 +44,7 @@ rule workflow_config:
         "logs/workflow_config.log",
     params:
         # As a parameter, a changed configuration re-renders the report (compare: does not).
-        config=plan.study_config(config),
+        config=runs.study_config(config),
     run:
         from ddpbench.io import atomic_write_json
 
