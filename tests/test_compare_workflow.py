@@ -2,8 +2,10 @@
 their results (results/bundle.tar.gz, part of `all`), and `snakemake compare` puts them side by
 side. The known answer: at world size 1 a rank of two threads trains faster than a rank of one
 (threads_per_worker 2 against 1), and a second one-thread study is not marked against the first.
-Four seeds each for the two that differ: on a noisy two-core machine three seeds can leave a 1.5 x
-difference short of significance once Holm has corrected the table's four tests."""
+Five seeds each for the two that differ, of 16 steps each: on a noisy two-core machine a two-thread
+step varies by 15-20 % (more steps make each run's sum steadier), and four seeds of 8 steps left a
+1.4 x difference short of significance once Holm had corrected the table's four tests (a CI run on
+a Xeon: raw p about 0.04, so p_holm 0.18)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from workflowcopy import copy_repo, job_counts, snakemake, write_config
 pytestmark = pytest.mark.slow
 
 BASE = {
-    "data": {"source": "synthetic", "synthetic": {"train_size": 1024, "test_size": 128}},
-    "grid": {"world_sizes": [1], "seeds": [0, 1, 2, 3]},
+    "data": {"source": "synthetic", "synthetic": {"train_size": 2048, "test_size": 128}},
+    "grid": {"world_sizes": [1], "seeds": [0, 1, 2, 3, 4]},
     "train": {"epochs": 1, "threads_per_worker": 1},
 }
 STUDIES = {
@@ -60,7 +62,7 @@ def test_snakemake_compare_marks_the_faster_rank_and_not_the_same_setting(bundle
     assert list(table.index) == list(STUDIES)
     fast = table.loc["two_threads"]
     print(table[["throughput_ratio", "throughput_ratio_ci95_low", "throughput_ratio_ci95_high", "throughput_p_holm"]])
-    assert fast.test == "paired" and fast.n_pairs == 4
+    assert fast.test == "paired" and fast.n_pairs == 5
     assert fast.throughput_ratio > 1 and fast.throughput_ratio_ci95_low > 1 and fast.throughput_marked == "higher"
     again = table.loc["one_thread_again"]
     assert pd.isna(again.throughput_marked)  # not marked: an empty cell in the CSV
