@@ -18,7 +18,8 @@ machine's speed hit every figure alike:
      the engine with that exchange instead of DDP's own all-reduce (train.allreduce: shared_memory);
   5. launch-to-first-step time, peak RSS and PSS per rank, and the dataset's share of them;
   6. the matrix-product peak of the world size 1 threads (ddpbench.peak, after each compute bound,
-     in its precision), and the bound's and the engine's model FLOP utilisation against it.
+     in its precision where the CPU has it, else fp32), and the bound's and the engine's model
+     FLOP utilisation against it.
 Each figure is the median of the repetitions, with min and max. Every measurement runs alone
 on the machine (one after the other), never two at a time.
 """
@@ -122,8 +123,15 @@ def synchronised_compute_bounds(copies: int, threads: int, args) -> float:
 
 
 def engine(
-    world_size: int, threads: int, loader: str, args, channels_last: str = "auto", allreduce: str = "backend"
+    world_size: int,
+    threads: int,
+    loader: str,
+    args,
+    channels_last: str = "auto",
+    allreduce: str = "backend",
+    extra: tuple[str, ...] = (),
 ) -> dict:
+    """One torchrun launch of the engine (``extra``: more of its options): its steady figures."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [
@@ -153,6 +161,7 @@ def engine(
             "--allreduce",
             allreduce,
             "--quiet",
+            *extra,
         ]
         if args.max_train_samples:
             cmd += ["--max-train-samples", str(args.max_train_samples)]
@@ -169,6 +178,8 @@ def engine(
     dataset = [r.get("dataset_memory") for r in run["ranks"]]
     return {
         "allreduce": run["config"]["allreduce"],
+        "test_acc": epochs[-1]["test_acc"],
+        "compile_s": run["totals"].get("compile_s"),
         "images_per_s": images / train,
         "first_epoch_images_per_s": epochs[0]["throughput_img_s"],
         "comm_share_of_step": sum(exposed) / step if None not in exposed else None,

@@ -42,6 +42,12 @@ def bin_path(name: str) -> str:
     return str(candidate) if candidate.exists() else shutil.which(name) or name
 
 
+# torch.compile's inductor builds CPU code with a C++ compiler (Debian: g++; .ci/run installs it).
+needs_cxx = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler for inductor: apt-get install g++"
+)
+
+
 def torchrun_cmd(nproc: int, *args: str, threads: int = 1) -> list[str]:
     return [
         bin_path("torchrun"),

@@ -39,6 +39,7 @@ def make_run(
     threads: int | None = None,
     slot: int = 0,
     warmup_factor: float = 1.0,
+    compile_s: float | None = None,
 ) -> dict:
     """A plausible run: Amdahl-like times (serial fraction 0.15) with a per-run jitter, accuracy falling
     with the world size. ``train_time`` sets the run's total training time exactly; ``lock_wait``
@@ -50,7 +51,7 @@ def make_run(
     ``slot`` moves its timestamps so that runs of different variants do not overlap. ``threads`` fixes
     the threads per worker (default: 8 cores split among the ranks). Rank 0's steps share an epoch's
     data and step time equally, but the run's first step takes ``warmup_factor`` times the others;
-    rank r's steps are 1 + r/100 times rank 0's."""
+    rank r's steps are 1 + r/100 times rank 0's. ``compile_s``: a compiled run's compile time (totals)."""
     if train_time is None:
         key = (ws, bs, seed, variant) if variant else (ws, bs, seed)  # the same jitter as before variants
         train_time = 20.0 * jitter(*key) * (0.15 + 0.85 / ws) * (128 / bs) ** 0.2
@@ -167,6 +168,7 @@ def make_run(
             "peak_rss_bytes_max": 900_000_000,
             "peak_rss_bytes_total": 900_000_000 * ws,
             **steady_state(records),
+            "compile_s": compile_s,
         },
         "ddp": {
             "buckets": 2,

@@ -6,7 +6,7 @@ import math
 import sys
 
 import pytest
-from conftest import REPO, run
+from conftest import REPO, child_env, needs_cxx, run
 
 from ddpbench.cpus import cores_available
 
@@ -101,3 +101,28 @@ def test_bench_run_writes_every_figure_and_ratio(tmp_path, synthetic_cache):
         )
         assert f"rss_increase_ws1_to_ws{w}_over_dataset" in ratios
     assert "ratios of medians:" in result.stdout  # the printed table
+
+
+@pytest.mark.slow  # torchrun launches and inductor's builds
+@needs_cxx
+def test_compile_precision_bench_pairs_every_setting_with_fp32_eager(tmp_path, synthetic_cache):
+    """bench/compile_precision.py: per setting the engine, its compute bound, their ratio and MFU,
+    and the ratio to fp32 eager of the same round (its own is 1 in every round)."""
+    out = tmp_path / "compile.json"
+    args = ["--data", str(synthetic_cache), "--reps", "1", "--epochs", "2", "--max-train-samples", "256"]
+    args += ["--bound-steps", "3", "--bound-warmup", "1", "--batch-size", "64", "--precisions", "fp32"]
+    env = child_env() | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    result = run([sys.executable, str(REPO / "bench" / "compile_precision.py"), *args, "--out", str(out)], env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert set(bench["ratios"]) == {"fp32_none", "fp32_default"}
+    eager, compiled = bench["figures"]["engine_fp32_none"], bench["figures"]["engine_fp32_default"]
+    assert "compile_s" not in eager and compiled["compile_s"]["median"] > 0  # None for eager runs: left out
+    assert bench["ratios"]["fp32_none"]["engine_vs_fp32_eager"]["median"] == 1.0
+    ratio = bench["ratios"]["fp32_default"]["engine_vs_fp32_eager"]["median"]
+    assert ratio == pytest.approx(compiled["images_per_s"]["median"] / eager["images_per_s"]["median"])
+    bound = bench["figures"]["bound_fp32_default"]
+    mfu = bench["ratios"]["fp32_default"]["bound_mfu"]["median"]
+    flops = bench["settings"]["model_flops_per_image"]
+    assert mfu == pytest.approx(bound["images_per_s"]["median"] * flops / bound["gemm_flops_s"]["median"])
+    assert "fp32_default" in result.stdout and "vs fp32 eager" in result.stdout  # the printed table

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpbench.records import WARMUP_STEPS, steady_state, step_distribution, step_record
+from ddpbench.records import WARMUP_STEPS, compile_seconds, steady_state, step_distribution, step_record
 
 
 def test_step_distribution_is_numpys_percentiles():
@@ -56,3 +56,11 @@ def test_a_short_run_keeps_nine_tenths_of_its_steps():
     assert one_step["warmup_steps"] == 0 and one_step["steady_time_s"] == pytest.approx(0.3)
     assert one_step["steady_step_time_cv"] is None
     assert steady_state([{"images": 10}]) == {}  # a record from before the step series
+
+
+def test_compile_time_is_the_first_step_beyond_a_steady_one():
+    # A compiled run: its first step traces and builds (30 s), the next warm-up steps are ordinary.
+    got = compile_seconds(epochs_of([[30.2, 0.3, 0.2] + [0.2] * 97]))
+    assert got == pytest.approx(30.0)
+    assert compile_seconds(epochs_of([[0.1, 0.2, 0.2]])) == 0.0  # never below nothing
+    assert compile_seconds(epochs_of([[4.0]])) == 4.0  # one step: all of it

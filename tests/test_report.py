@@ -671,3 +671,23 @@ def test_the_default_studys_report_carries_no_validation_from_held_out_data(tmp_
     assert 'class="prediction-validation"' not in part and "step_time_rel_error" not in part
     curve = summary["prediction"]["curves"][0]
     assert curve["world_sizes"][0] == 1 and curve["speedup"][0] == pytest.approx(1.0)
+
+
+def test_a_compiled_variant_shows_its_compile_time_and_an_eager_study_has_no_such_column(tmp_path, variant_grid):
+    variants = {
+        "eager": {},
+        "compiled": {"throughput_factor": 1.3, "config_overrides": {"compile": "default"}, "compile_s": 30.0},
+    }
+    paths, expected = write_grid(tmp_path / "results/runs", [1, 2], [128], [0, 1, 2], variants=variants)
+    config = {
+        "grid": {"variants": {"eager": None, "compiled": {"train": {"compile": "default"}}}},
+        "train": {"epochs": 3},
+    }
+    summary, _ = aggregate(paths, SCHEMA, expected, config)
+    rows = {(r["variant"], r["world_size"]): r for r in summary["rows"]}
+    assert rows["compiled", 2]["compile_mean_s"] == pytest.approx(30.0)
+    assert rows["eager", 1]["compile_mean_s"] is None
+    table = section(report.render(summary, config), "variants")
+    assert "Compile<span" in table
+    assert re.search(r'data-col="compile_mean_s" data-value="30(\.0)?">30\.0<', table)
+    assert "Compile<span" not in section(variant_grid[0], "variants")  # eager variants: no compile column

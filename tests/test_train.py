@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import RUN_SCHEMA, child_env, run, torchrun_cmd
+from conftest import RUN_SCHEMA, child_env, needs_cxx, run, torchrun_cmd
 
 EPOCH_LINE = re.compile(
     r"^Epoch \[(\d+)/(\d+)\] \| Loss: [\d.]+ \| Train Acc: [\d.]+% \| Test Acc: ([\d.]+)% \| Time: [\d.]+s$", re.M
@@ -31,6 +31,9 @@ SHARED_SEGMENTS = "ddpbench-grads-*"  # the shared-memory exchange's files in /d
 
 # name: (ranks, options after --data/--out; the cache a launch trains on: "cache" or a damaged copy)
 LAUNCHES = {
+    # torch.compile through DDP (the longest: inductor builds the step's code): small buckets, so
+    # DDPOptimizer splits the graph; the same seed and epochs as "backend".
+    "compiled": (2, ["--epochs", "3", "--seed", "1", "--bucket-cap-mb", "1", "--compile", "default"], "cache"),
     # DDP's own all-reduce with every default: a valid result, DDP's default buckets, and the gloo
     # side of the shared-memory comparison.
     "backend": (2, ["--epochs", "3", "--seed", "1"], "cache"),
@@ -50,6 +53,17 @@ LAUNCHES = {
     "truncated": (2, ["--epochs", "1", "--quiet"], "truncated"),
     "same_size_noise": (1, ["--epochs", "1", "--quiet"], "same_size_noise"),
     "bad_global_batch": (2, ["--batch-size", "127", "--batch-size-mode", "global"], "cache"),
+    # A machine without a C++ compiler (CXX names none, and an empty inductor cache, as such a
+    # machine has): compile: default refuses, auto runs eager.
+    "no_compiler": (1, ["--epochs", "1", "--max-train-samples", "512", "--compile", "default"], "cache"),
+    "no_compiler_auto": (1, ["--epochs", "1", "--max-train-samples", "512", "--compile", "auto"], "cache"),
+}
+# The environment of launches that need one besides child_env's: {name: {variable: value}}, where
+# "{tmp}" is the module's scratch folder (each launch's inductor cache starts empty there).
+ENVIRONMENTS = {
+    "compiled": {"TORCHINDUCTOR_CACHE_DIR": "{tmp}/inductor-compiled"},
+    "no_compiler": {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": "{tmp}/inductor-none"},
+    "no_compiler_auto": {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": "{tmp}/inductor-auto"},
 }
 # Which launches each test reads: the fixture launches those of the tests selected, and no others.
 READS = {
@@ -60,6 +74,8 @@ READS = {
     "test_same_seed_same_result_and_quiet": ["ws1_a", "ws1_b"],
     "test_a_damaged_cache_stops_the_run_naming_the_file": ["truncated", "same_size_noise"],
     "test_bad_global_batch_is_a_clear_error": ["bad_global_batch"],
+    "test_compiled_run_learns_through_ddp_and_records_its_compile_time": ["backend", "compiled"],
+    "test_compile_without_a_compiler_names_it_and_auto_runs_eager": ["no_compiler", "no_compiler_auto"],
 }
 AT_ONCE = 3  # launches in flight together: the cores stay busy while a launch's processes start
 
@@ -96,9 +112,11 @@ def damaged_copy(cache: Path, dest: Path, damage: str) -> Path:
     return copy
 
 
-def run_together(commands: dict[str, list[str]], logs: Path, at_once: int, timeout: float = 600) -> dict[str, tuple]:
-    """Run the commands, ``at_once`` at a time, their output in files under ``logs``:
-    name -> (returncode, stdout, stderr)."""
+def run_together(
+    commands: dict[str, list[str]], logs: Path, at_once: int, timeout: float = 600, envs: dict | None = None
+) -> dict[str, tuple]:
+    """Run the commands, ``at_once`` at a time, their output in files under ``logs``, each with
+    child_env() and its ``envs`` entry: name -> (returncode, stdout, stderr)."""
     pending, running, done = list(commands.items()), {}, {}
     deadline = time.monotonic() + timeout
     try:
@@ -107,7 +125,8 @@ def run_together(commands: dict[str, list[str]], logs: Path, at_once: int, timeo
                 name, cmd = pending.pop(0)
                 out = open(logs / f"{name}.out", "w+")  # noqa: SIM115
                 err = open(logs / f"{name}.err", "w+")  # noqa: SIM115
-                running[name] = (subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=child_env()), out, err)
+                env = child_env() | (envs or {}).get(name, {})
+                running[name] = (subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env), out, err)
             for name, (proc, out, err) in list(running.items()):
                 if proc.poll() is not None:
                     del running[name]
@@ -146,7 +165,8 @@ def launches(request, synthetic_cache, tmp_path_factory) -> dict[str, Launch]:
         outs[name] = tmp / f"{name}.json"
         commands[name] = torchrun_cmd(ranks, "--data", str(caches[cache]), "--out", str(outs[name]), *options)
     segments_before = set(Path("/dev/shm").glob(SHARED_SEGMENTS))
-    done = run_together(commands, tmp, AT_ONCE)
+    envs = {name: {k: v.format(tmp=tmp) for k, v in ENVIRONMENTS.get(name, {}).items()} for name in names}
+    done = run_together(commands, tmp, AT_ONCE, envs=envs)
     results = {name: Launch(*done[name], outs[name]) for name in names}
     results["segments_left"] = set(Path("/dev/shm").glob(SHARED_SEGMENTS)) - segments_before
     return results
@@ -233,6 +253,41 @@ def test_a_damaged_cache_stops_the_run_naming_the_file(launches, damage):
     assert launch.returncode != 0 and not launch.out.exists()
     assert "train_images.npy" in launch.output and "--forcerun synthetic_cache" in launch.output, launch.output[-3000:]
     assert ("size" if damage == "truncated" else "sha256") in launch.output
+
+
+@pytest.mark.slow  # torchrun launches, and inductor's build
+@needs_cxx
+def test_compiled_run_learns_through_ddp_and_records_its_compile_time(launches):
+    """train.compile: default through DDP (DDPOptimizer, two buckets): a valid result that learns
+    as the eager run of the same seed does, its first step's compile recorded and left out of the
+    steady state."""
+    compiled, eager = launches["compiled"].json(), launches["backend"].json()
+    jsonschema.validate(compiled, json.loads(RUN_SCHEMA.read_text()))
+    assert compiled["config"]["compile"] == "default" and eager["config"]["compile"] == "none"
+    assert "compiling (train.compile: default)" in launches["compiled"].stdout
+    assert compiled["ddp"]["buckets"] >= 2  # the graph split at the bucket boundaries
+    totals = compiled["totals"]
+    first, median = compiled["epochs"][0]["step_times_s"][0], totals["steady_step_time_median_s"]
+    assert totals["compile_s"] == pytest.approx(first - median) and totals["compile_s"] > 5 * median
+    assert totals["warmup_steps"] >= 1 and eager["totals"]["compile_s"] is None
+    assert totals["final_test_acc"] > 30.0  # learns (chance: 10 %); dropout's masks differ from eager's
+    assert abs(totals["final_test_acc"] - eager["totals"]["final_test_acc"]) < 15.0
+    losses = [e["train_loss"] for e in compiled["epochs"]]
+    assert losses == sorted(losses, reverse=True)
+
+
+@pytest.mark.slow  # torchrun launches
+def test_compile_without_a_compiler_names_it_and_auto_runs_eager(launches):
+    """No C++ compiler: compile: default fails before any step, naming what is missing and the way
+    out, and leaves no result; compile: auto says so and trains eager."""
+    refused = launches["no_compiler"]
+    assert refused.returncode != 0 and not refused.out.exists()
+    assert "train.compile: default cannot run here" in refused.output and "C++ compiler" in refused.output
+    assert "train.compile: none" in refused.output and "Epoch" not in refused.output
+    auto = launches["no_compiler_auto"]
+    run_json = auto.json()
+    assert run_json["config"]["compile"] == "none" and run_json["totals"]["compile_s"] is None
+    assert "train.compile: auto runs eager" in auto.output and "C++ compiler" in auto.output
 
 
 @pytest.mark.slow  # torchrun launches

@@ -28,6 +28,7 @@ SUMMARY_COLUMNS = [
     "efficiency_ci95_high",
     "speedup_whole_run_mean",
     "warmup_share_first_epoch",
+    "compile_mean_s",
     "step_cv_within_run",
     "throughput_cv_between_runs",
     "step_skew_max",
@@ -67,6 +68,9 @@ DEFINITIONS = {
     "it is below -1 point",
     "warmup_share_first_epoch": "the warm-up steps' time beyond as many steady median steps, over the first "
     "epoch's training time (mean over the runs)",
+    "compile": "compile_mean_s: a compiled run's first step beyond a steady median step (train.compile: "
+    "dynamo's tracing and inductor's code generation, or their cache's loading), the mean over the seeds; "
+    "empty for eager runs. Left out of the steady state, counted in time to target",
     "variability": "step_cv_within_run: sd / mean of a run's steady steps (mean over the runs), the noise "
     "inside one run; throughput_cv_between_runs: sd / mean of the runs' steady throughputs, the noise "
     "between seeds, which double as the timing repetitions",

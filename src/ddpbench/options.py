@@ -63,6 +63,9 @@ class TrainOptions:
     """Memory format: auto (on: faster for these CNNs on CPU and CUDA), on or off."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """fp32, or bf16 autocast."""
+    compile: Literal["none", "default", "max-autotune", "auto"] = "none"
+    """torch.compile of the DDP module (inductor): none (eager, the standard stack), default, max-autotune, or auto
+    (default where a trial compile works, else eager); a named mode that cannot compile fails before any step."""
     allreduce: Literal["backend", "shared_memory", "auto"] = "backend"
     """How ranks sum gradients: backend (DDP's own all-reduce: gloo on cpu, nccl on cuda), shared_memory (CPU ranks
     on one node sum in a shared-memory segment) or auto (shared_memory where it applies, else backend)."""

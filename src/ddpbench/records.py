@@ -95,6 +95,13 @@ def steady_state(epochs: list[dict]) -> dict:
     }
 
 
+def compile_seconds(epochs: list[dict]) -> float:
+    """A compiled run's compile time (pure): rank 0's first step beyond its steady median step,
+    where dynamo traces and inductor builds (or loads from its cache) the step's code."""
+    series = [t for e in epochs for t in e.get("step_times_s", [])]
+    return max(series[0] - steady_state(epochs)["steady_step_time_median_s"], 0.0) if len(series) > 1 else series[0]
+
+
 def epoch_record(
     epoch: int,
     m: EpochMeasure,

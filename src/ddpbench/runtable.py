@@ -27,6 +27,7 @@ def run_row(run: dict) -> dict:
         "threads_per_rank": env["threads_per_rank"],
         "cores_available": env["cores_available"],
         "precision": cfg["precision"],
+        "compile": cfg.get("compile", "none"),  # runs before train.compile ran eager
         "model": cfg["model"],
         "train_time_s": train,
         "train_loop_s": tot["train_loop_s"],
@@ -44,6 +45,7 @@ def run_row(run: dict) -> dict:
         "warmup_steps": tot["warmup_steps"],
         "warmup_cost_s": tot["warmup_cost_s"],
         "warmup_share_first_epoch": tot["warmup_cost_s"] / run["epochs"][0]["train_time_s"],
+        "compile_s": tot.get("compile_s"),
         "step_cv": tot["steady_step_time_cv"],
         "step_skew": tot["step_skew_max"],
         "test_acc": tot["final_test_acc"],
@@ -65,7 +67,15 @@ def runs_table(runs: list[dict], order: list[str] | None = None) -> pd.DataFrame
     df = pd.DataFrame([run_row(run) for run in runs])
     if df.empty:
         raise RunsError("no runs to aggregate: results/runs/ holds no run JSON")
-    for column in ("comm_exposed_time_s", "time_to_target_s", "startup_s", "lock_wait_s", "step_cv", "step_skew"):
+    for column in (
+        "comm_exposed_time_s",
+        "compile_s",
+        "time_to_target_s",
+        "startup_s",
+        "lock_wait_s",
+        "step_cv",
+        "step_skew",
+    ):
         df[column] = df[column].astype(float)  # None -> NaN
     dup = df.duplicated(["variant", "world_size", "batch_size", "seed"], keep=False)
     if dup.any():

@@ -110,6 +110,7 @@ def summary_row(variant: str, ws: int, bs: int, g: pd.DataFrame, scaling_laws: b
         "whole_run_throughput_img_s": pooled_rate(g.images, g.train_time_s),
         "speedup_whole_run_mean": geometric_mean_interval(g.speedup_whole_run).value,
         "warmup_share_first_epoch": g.warmup_share_first_epoch.mean(),
+        "compile_mean_s": g.compile_s.mean(),
         "step_cv_within_run": g.step_cv.mean(),
         "throughput_cv_between_runs": g.throughput_img_s.std(ddof=1) / g.throughput_img_s.mean(),
         "step_skew_max": g.step_skew.max(),

@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import batches as batches_mod
-from ddpbench import cache, heartbeat, machine
+from ddpbench import cache, compiled, heartbeat, machine
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, SkipAllReduce, ddp_hook
 from ddpbench.distributed import Dist, die_with_launcher, init_distributed, retain_freed_memory
 from ddpbench.io import atomic_write_json, utc_now
@@ -35,6 +35,7 @@ from ddpbench.options import RunOptions, add_arguments, from_namespace
 from ddpbench.records import (
     SCHEMA_VERSION,
     EpochMeasure,
+    compile_seconds,
     ddp_record,
     environment_record,
     epoch_record,
@@ -84,6 +85,7 @@ class Plan:
     lr_effective: float
     channels_last: bool
     allreduce: str  # none (one rank) | backend | shared_memory
+    compile: str = "none"  # none | default | max-autotune: train.compile with auto resolved (ddpbench.compiled)
 
 
 def plan_run(options: RunOptions, world_size: int, device_type: str, one_node: bool) -> Plan:
@@ -164,6 +166,7 @@ class Session:
     meta: dict
     model: torch.nn.Module
     ddp: DistributedDataParallel
+    stepped: torch.nn.Module  # what each training step calls: the DDP module, or it compiled
     optimizer: torch.optim.Optimizer
     batches: batches_mod.TrainBatches
     test_pipeline: batches_mod.BatchPipeline
@@ -174,6 +177,8 @@ class Session:
 
 def set_up(options: RunOptions, d: Dist) -> Session:
     plan = plan_run(options, d.world_size, d.device.type, d.one_node)
+    # Before anything is loaded: a compile that cannot work fails here, not in the first timed step.
+    plan = Plan(**{**asdict(plan), "compile": compiled.resolve_compile(options.compile, d.device)})
     # One rank per node checks the cache's checksums; the others wait for it in the first collective.
     meta = cache.verify_cache(options.data) if d.local_rank == 0 else cache.read_meta(options.data)
     train_images, train_labels = cache.load_split(options.data, "train", meta)
@@ -202,6 +207,7 @@ def set_up(options: RunOptions, d: Dist) -> Session:
         meta,
         model,
         ddp,
+        compiled.compile_module(ddp, plan.compile),
         optimizer,
         batches,
         test_pipeline,
@@ -279,7 +285,9 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
         lr = learning_rate(
             s.plan.lr_effective, o.lr_schedule, o.warmup_epochs, first_step + i, s.batches.steps, o.epochs
         )
-        loss, out = sgd_step(s.ddp, s.optimizer, x, y, lr=lr, precision=s.options.precision)
+        if i == 0 and epoch == 0 and s.plan.compile != "none":
+            log.info("compiling (train.compile: %s): the first step traces and builds the model", s.plan.compile)
+        loss, out = sgd_step(s.stepped, s.optimizer, x, y, lr=lr, precision=s.options.precision)
         tally(stats, loss.detach() * len(y), out, y)  # on the device: no sync inside the timed loop
         t2 = s.clock.mark()
         marks.append((t0, t1, t2))
@@ -379,6 +387,7 @@ def train(options: RunOptions, d: Dist, t_process: float, heap_retained: bool) -
         "totals": {
             **run_totals(epochs, loop_s, time_to_target),
             **start_up_totals(per_rank, t_process, first_step_time),
+            "compile_s": compile_seconds(epochs) if s.plan.compile != "none" else None,
         },
         "ddp": ddp_record(s.comm.layout.record(), d.world_size, s.plan.allreduce),
         "ranks": per_rank,
