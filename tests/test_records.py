@@ -58,9 +58,14 @@ def test_a_short_run_keeps_nine_tenths_of_its_steps():
     assert steady_state([{"images": 10}]) == {}  # a record from before the step series
 
 
-def test_compile_time_is_the_first_step_beyond_a_steady_one():
-    # A compiled run: its first step traces and builds (30 s), the next warm-up steps are ordinary.
-    got = compile_seconds(epochs_of([[30.2, 0.3, 0.2] + [0.2] * 97]))
-    assert got == pytest.approx(30.0)
-    assert compile_seconds(epochs_of([[0.1, 0.2, 0.2]])) == 0.0  # never below nothing
+def test_compile_time_is_the_compiling_steps_beyond_a_steady_one_and_no_part_of_the_steady_state():
+    # A compiled run of two epochs: its first step traces and builds (30 s); the short last batch
+    # of the first epoch recompiles (20 s); the second epoch compiles nothing.
+    first = {"images": 128 * 100, "step_times_s": [30.2] + [0.2] * 98 + [20.2], "compile_steps": [0, 99]}
+    second = {"images": 128 * 100, "step_times_s": [0.2] * 100}
+    assert compile_seconds([first, second]) == pytest.approx(50.0)
+    got = steady_state([first, second])
+    assert got["warmup_steps"] == WARMUP_STEPS and got["steady_steps"] == 200 - WARMUP_STEPS - 1
+    assert got["steady_throughput_img_s"] == pytest.approx(128 / 0.2)  # the recompile left out
+    assert compile_seconds(epochs_of([[0.1, 0.2, 0.2]])) == 0.0  # never below nothing (no marks: the first)
     assert compile_seconds(epochs_of([[4.0]])) == 4.0  # one step: all of it

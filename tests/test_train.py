@@ -268,6 +268,7 @@ def test_compiled_run_learns_through_ddp_and_records_its_compile_time(launches):
     assert compiled["ddp"]["buckets"] >= 2  # the graph split at the bucket boundaries
     totals = compiled["totals"]
     first, median = compiled["epochs"][0]["step_times_s"][0], totals["steady_step_time_median_s"]
+    assert compiled["epochs"][0]["compile_steps"] == [0] and "compile_steps" not in compiled["epochs"][1]
     assert totals["compile_s"] == pytest.approx(first - median) and totals["compile_s"] > 5 * median
     assert totals["warmup_steps"] >= 1 and eager["totals"]["compile_s"] is None
     assert totals["final_test_acc"] > 30.0  # learns (chance: 10 %); dropout's masks differ from eager's

@@ -6,8 +6,10 @@ DDPOptimizer, which splits the graph at DDP's gradient-bucket boundaries (``buck
 each bucket's all-reduce (and the run's communication hook) still starts while backward goes on;
 a graph break ends a subgraph and runs eager glue between them. Evaluation runs the model eager
 (``ddp.module``): compile changes how training steps run, not what the model computes. The first
-step pays for tracing and code generation; the run records it as ``totals.compile_s`` and the
-steady-state figures leave it out (ddpbench.records.steady_state), while time to accuracy counts it.
+step pays for tracing and code generation, and so does any step that recompiles (a short last
+batch: a new shape); the run marks those steps (``compile_steps``), records what they cost beyond
+a steady step as ``totals.compile_s``, and the steady-state figures leave them out
+(ddpbench.records.steady_state), while time to accuracy counts them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def resolve_compile(requested: str, device: torch.device) -> str:
         f"train.compile: {requested} cannot run here: {missing_piece(device)}; the trial compile failed with "
         f"{problem}. Install it, or set train.compile: none (auto falls back to eager)"
     )
+
+
+def frames_compiled() -> int:
+    """How many frames dynamo has set out to compile in this process: a step that raises it
+    compiled (the first, or a recompile: a short last batch, a guard that failed)."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"]
 
 
 def compile_module(module: torch.nn.Module, mode: str) -> torch.nn.Module:

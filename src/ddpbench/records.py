@@ -40,6 +40,7 @@ class EpochMeasure:
     comm_busy_s: float | None
     comm_exposed_s: float | None
     step_times_s: tuple[float, ...] = ()  # each step's data wait + step, on this rank's clock
+    compile_steps: tuple[int, ...] = ()  # the steps (of this epoch) in which torch.compile compiled
 
 
 # The steps at the start of a run that the steady-state figures leave out: the one-off costs
@@ -68,17 +69,28 @@ def step_record(per_rank: list[dict], rank0_times: tuple[float, ...]) -> dict:
     }
 
 
+def step_series(epochs: list[dict]) -> tuple[list[float], set[int]]:
+    """Rank 0's step times over the run, and the indices into them of the steps that compiled."""
+    series, compiles = [], set()
+    for e in epochs:
+        compiles |= {len(series) + i for i in e.get("compile_steps", [])}
+        series += e.get("step_times_s", [])
+    return series, compiles
+
+
 def steady_state(epochs: list[dict]) -> dict:
     """The run after its warm-up (pure): the first min(WARMUP_STEPS, a tenth of the steps) steps of
-    rank 0's series left out (none of a one-step run: it has no steady state to tell apart); what
-    they cost beyond as many steady-state median steps; the steady throughput is the images of the
-    remaining steps over their summed step times; the coefficient of variation of those steps is
-    the run's own (within-run) variability."""
-    series = [t for e in epochs for t in e.get("step_times_s", [])]
+    rank 0's series left out (none of a one-step run: it has no steady state to tell apart), and
+    any later step that compiled (torch.compile's recompiles); what the warm-up cost beyond as
+    many steady-state median steps; the steady throughput is the images of the remaining steps
+    over their summed step times; the coefficient of variation of those steps is the run's own
+    (within-run) variability."""
+    series, compiles = step_series(epochs)
     if not series:
         return {}
     warmup = max(1, min(WARMUP_STEPS, len(series) // 10)) if len(series) > 1 else 0
-    steady = np.asarray(series[warmup:])
+    kept = [t for i, t in enumerate(series) if i >= warmup and i not in compiles]
+    steady = np.asarray(kept or series[warmup:])
     images_per_step = sum(e["images"] for e in epochs) / len(series)
     median = float(np.median(steady))
     return {
@@ -96,10 +108,14 @@ def steady_state(epochs: list[dict]) -> dict:
 
 
 def compile_seconds(epochs: list[dict]) -> float:
-    """A compiled run's compile time (pure): rank 0's first step beyond its steady median step,
-    where dynamo traces and inductor builds (or loads from its cache) the step's code."""
-    series = [t for e in epochs for t in e.get("step_times_s", [])]
-    return max(series[0] - steady_state(epochs)["steady_step_time_median_s"], 0.0) if len(series) > 1 else series[0]
+    """A compiled run's compile time (pure): its steps that compiled (the first, where dynamo
+    traces and inductor builds or loads the step's code, and any recompile), each beyond rank 0's
+    steady median step."""
+    series, compiles = step_series(epochs)
+    if len(series) == 1:
+        return series[0]
+    median = steady_state(epochs)["steady_step_time_median_s"]
+    return sum(max(series[i] - median, 0.0) for i in sorted(compiles or {0}))
 
 
 def epoch_record(
@@ -134,6 +150,7 @@ def epoch_record(
         # Rank 0's clock speaks for the run; the slowest rank's train time is recorded too.
         "train_time_max_s": train_time_max_s,
         **(step_record(step_ranks, m.step_times_s) if step_ranks else {}),
+        **({"compile_steps": list(m.compile_steps)} if m.compile_steps else {}),
     }
 
 

@@ -276,6 +276,8 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
     s.ddp.train()
     stats = torch.zeros(3, dtype=torch.float64, device=s.d.device)
     marks, first_step, o = [], epoch * s.batches.steps, s.options
+    compiling = s.plan.compile != "none"
+    frames, compile_steps = compiled.frames_compiled() if compiling else 0, []
     t_train = time.perf_counter()
     iterator = s.batches.epoch(epoch)
     t0 = s.clock.mark()  # each step starts where the previous one ended
@@ -290,6 +292,9 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
         loss, out = sgd_step(s.stepped, s.optimizer, x, y, lr=lr, precision=s.options.precision)
         tally(stats, loss.detach() * len(y), out, y)  # on the device: no sync inside the timed loop
         t2 = s.clock.mark()
+        if compiling and compiled.frames_compiled() != frames:  # this step compiled (or recompiled)
+            frames = compiled.frames_compiled()
+            compile_steps.append(i)
         marks.append((t0, t1, t2))
         t0 = t2
     s.clock.sync()
@@ -309,6 +314,7 @@ def train_epoch(s: Session, epoch: int) -> EpochMeasure:
         comm_busy_s=busy,
         comm_exposed_s=exposed,
         step_times_s=tuple(s.clock.seconds(a, c) for a, _, c in marks),
+        compile_steps=tuple(compile_steps),
     )
 
 
