@@ -268,8 +268,13 @@ def test_compiled_run_learns_through_ddp_and_records_its_compile_time(launches):
     assert compiled["ddp"]["buckets"] >= 2  # the graph split at the bucket boundaries
     totals = compiled["totals"]
     first, median = compiled["epochs"][0]["step_times_s"][0], totals["steady_step_time_median_s"]
-    assert compiled["epochs"][0]["compile_steps"] == [0] and "compile_steps" not in compiled["epochs"][1]
-    assert totals["compile_s"] == pytest.approx(first - median) and totals["compile_s"] > 5 * median
+    # The first step compiles, and the second a frame after a graph break in DDP's own forward (its
+    # Logger); full batches only, so nothing later.
+    marked = compiled["epochs"][0]["compile_steps"]
+    assert marked[0] == 0 and set(marked) <= {0, 1} and all("compile_steps" not in e for e in compiled["epochs"][1:])
+    times = compiled["epochs"][0]["step_times_s"]
+    assert totals["compile_s"] == pytest.approx(sum(max(times[i] - median, 0) for i in marked))
+    assert totals["compile_s"] > 5 * median and first > 5 * median
     assert totals["warmup_steps"] >= 1 and eager["totals"]["compile_s"] is None
     assert totals["final_test_acc"] > 30.0  # learns (chance: 10 %); dropout's masks differ from eager's
     assert abs(totals["final_test_acc"] - eager["totals"]["final_test_acc"]) < 15.0
