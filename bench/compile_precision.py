@@ -78,13 +78,7 @@ def ratios(samples: dict[str, list[dict]], settings: list[tuple[str, str]], flop
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, help="dataset cache (default: resources/cifar10, else synthetic)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2, help="per engine run; the first (with the compile) is left out")
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--bound-steps", type=int, default=150)
-    p.add_argument("--bound-warmup", type=int, default=10, help="untimed steps first (a compiled bound builds in them)")
+    run.add_measurement_arguments(p)
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     p.add_argument("--compile", nargs="+", choices=("none", "default", "max-autotune"), default=["none", "default"])
     p.add_argument("--out", type=Path, help="JSON to write (default: bench/results/compile-precision-<host>.json)")

@@ -254,15 +254,20 @@ def measure_bf16(args: argparse.Namespace) -> bool:
     return args.bf16 == "on" or cpu_has_fast_bf16()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that run the engine and its bound: data, rounds, sizes."""
     p.add_argument("--data", type=Path, help="dataset cache (default: resources/cifar10, else synthetic)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2, help="per engine run; the first is warm-up")
+    p.add_argument("--epochs", type=int, default=2, help="per engine run; the first (warm-up, any compile) is left out")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bound-steps", type=int, default=150, help="timed steps per compute bound")
-    p.add_argument("--bound-warmup", type=int, default=10, help="untimed warm-up steps before them")
+    p.add_argument("--bound-warmup", type=int, default=10, help="untimed steps before them (a compiled bound builds)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_measurement_arguments(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--max-world-size", type=int, help="default: the cores (cpu) or GPUs (cuda)")
