@@ -290,6 +290,9 @@ def test_interrupted_run_leaves_no_trusted_result(workdir, how):
             proc.wait()
     assert proc.returncode != 0
     assert not target.exists() and not list(target.parent.glob(".*.tmp"))
+    if how != "ctrl_c":  # the rank got SIGTERM (from torchrun, or as its launcher died): its log says where
+        log = (workdir / "logs/train" / relative.name).with_suffix(".log").read_text()
+        assert re.search(r"rank 0 stopped by SIGTERM while (training|evaluating after) epoch \d+/100, for", log), log
     if how == "killed_snakemake":  # its lock on the working directory stays: the README says what to do
         assert snakemake_quick(workdir, "--configfile", config, "--unlock").returncode == 0
     dry = snakemake_quick(workdir, "--configfile", config, "--dry-run")

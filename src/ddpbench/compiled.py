@@ -18,6 +18,8 @@ import logging
 
 import torch
 
+from ddpbench import phase
+
 log = logging.getLogger("ddpbench.train")
 
 MODES = ("default", "max-autotune")
@@ -55,6 +57,7 @@ def resolve_compile(requested: str, device: torch.device) -> str:
     where it does not; a named mode that cannot work raises CompileUnavailable."""
     if requested == "none":
         return "none"
+    phase.watch_compiles(requested)  # from the trial on: every compile is a phase the peers see
     problem = toolchain_problem(device)
     if problem is None:
         return "default" if requested == "auto" else requested

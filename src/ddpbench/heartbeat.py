@@ -14,6 +14,10 @@ Under torchrun the store is served by torchrun's agent, not by a rank, so it sti
 any rank hangs (rank 0 included). The heartbeats use their own connection to it, so a rank
 blocked in a store call never delays its own heartbeat. Ages compare wall clocks, which across
 nodes need to agree to within a second or so (NTP does); a heartbeat is stale after seconds.
+
+A peer can also be alive and busy past the timeout: compiling (torch.compile's first step or a
+recompile, ddpbench.phase). Each heartbeat carries the rank's phase, so a collective that timed out
+while a peer was still compiling names that peer and its compile, and says to raise train.timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from ddpbench import phase
 from ddpbench.supervise import proc_stat
 
 PREFIX = "ddpbench/heartbeat"
@@ -61,7 +66,9 @@ class Heartbeat:
         self._thread.join(timeout=STORE_TIMEOUT_S + self.interval_s)
 
     def _write(self) -> None:
-        self.store.set(str(self.rank), json.dumps({**self.identity, "time": time.time()}))
+        doing, since = phase.current()
+        beat = {**self.identity, "time": time.time(), "phase": doing, "phase_since": since}
+        self.store.set(str(self.rank), json.dumps(beat))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -95,10 +102,30 @@ class Heartbeat:
             for rank, beat in sorted(peers.items())
             if beat is None or now - beat["time"] > stale_after_s
         ]
-        if not silent:
+        return self._waited_for(silent)
+
+    def describe_compiling(self) -> str | None:
+        """The peers still compiling (their heartbeats say so), or None: a collective that timed
+        out while a peer compiled waited longer than ``train.timeout`` for that compile."""
+        try:
+            peers = self.peers()
+        except Exception:
             return None
-        waited_for = "it" if len(silent) == 1 else "them"
-        return f"{'; '.join(silent)}; rank {self.rank} timed out waiting for {waited_for}"
+        now = time.time()
+        busy = [
+            f"rank {rank} (pid {beat['pid']} on host {beat['host']}) is still "
+            f"{phase.describe(beat['phase'], beat['phase_since'], now)}"
+            for rank, beat in sorted(peers.items())
+            if beat is not None and beat.get("phase", "").startswith(phase.COMPILING)
+        ]
+        found = self._waited_for(busy)
+        return found and f"{found}: the compile took longer than train.timeout; raise train.timeout"
+
+    def _waited_for(self, peers: list[str]) -> str | None:
+        if not peers:
+            return None
+        waited_for = "it" if len(peers) == 1 else "them"
+        return f"{'; '.join(peers)}; rank {self.rank} timed out waiting for {waited_for}"
 
 
 def own_connection(store: dist.Store) -> dist.Store:
@@ -132,6 +159,11 @@ def process_state(beat: dict) -> str:
     return " (it is stopped: SIGSTOP or a debugger)" if info[0] in "tT" else ""
 
 
+def timed_out(exc: BaseException) -> bool:
+    """A collective's timeout (gloo: "Timed out waiting ...", NCCL's watchdog: "... timeout")."""
+    return isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in ("timed out", "timeout"))
+
+
 @contextlib.contextmanager
 def peer_heartbeats(
     rank: int, world_size: int, store: dist.Store | None = None, interval_s: float = 1.0
@@ -148,6 +180,8 @@ def peer_heartbeats(
     except Exception as exc:
         if (silent := beat.describe_unresponsive()) is not None:
             raise UnresponsivePeerError(silent) from exc
+        if timed_out(exc) and (busy := beat.describe_compiling()) is not None:
+            raise UnresponsivePeerError(busy) from exc
         raise
     finally:
         beat.stop()

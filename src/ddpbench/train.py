@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpbench import batches as batches_mod
-from ddpbench import cache, compiled, heartbeat, machine
+from ddpbench import cache, compiled, heartbeat, machine, phase
 from ddpbench.comm import CommTimer, SharedMemoryAllReduce, SharedMemoryError, SkipAllReduce, ddp_hook
 from ddpbench.distributed import Dist, die_with_launcher, init_distributed, retain_freed_memory
 from ddpbench.io import atomic_write_json, utc_now
@@ -176,6 +176,7 @@ class Session:
 
 
 def set_up(options: RunOptions, d: Dist) -> Session:
+    phase.enter("setting up (the compile checked, the cache verified and loaded, DDP built)")
     plan = plan_run(options, d.world_size, d.device.type, d.one_node)
     # Before anything is loaded: a compile that cannot work fails here, not in the first timed step.
     plan = Plan(**{**asdict(plan), "compile": compiled.resolve_compile(options.compile, d.device)})
@@ -349,7 +350,9 @@ def run_epochs(s: Session) -> tuple[list[dict], float, float | None]:
     dist.barrier()  # start the clocks together
     loop_start = time.perf_counter()
     for epoch in range(s.options.epochs):
+        phase.enter(f"training epoch {epoch + 1}/{s.options.epochs}")
         m = train_epoch(s, epoch)
+        phase.enter(f"evaluating after epoch {epoch + 1}/{s.options.epochs}")
         t_eval = time.perf_counter()
         test_loss, test_acc = evaluate(s)
         s.clock.sync()
@@ -410,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     options, level = parse_args(argv)
     d = init_distributed(options.device, options.threads_per_worker, options.timeout)
     setup_logging(level, d.rank)
+    phase.name_phase_on_sigterm(d.rank)  # a time limit or a kill says where it stopped the rank
     try:
         log.debug("rank %d/%d on %s, %d threads, backend %s", d.rank, d.world_size, d.device, d.threads, d.backend)
         # A peer that stops responding is named by the ranks that time out waiting for it.
