@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from scipy.optimize import least_squares, nnls
 
 ROBUST_SCALE = 0.05  # relative residuals beyond this count linearly, not squared
 # "auto" keeps the ring unless another algorithm's robust cost is below this share of the ring's.
@@ -98,6 +97,8 @@ def fit_collective(
     the small ones, with a robust (soft L1) loss; c, alpha and 1/B are kept non-negative, and c is 0
     unless the timings span two or more world sizes. ``world_size`` is one int or one per point;
     points at W = 1 (no collective) are dropped."""
+    from scipy.optimize import least_squares, nnls  # seconds to import: only where a fit is made
+
     latency_coef, bytes_coef, formula = _algorithm(algorithm)
     n = np.asarray(sizes_bytes, dtype=float)
     t = np.asarray(seconds, dtype=float)

@@ -18,9 +18,9 @@ from functools import cache
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
-from scipy.integrate import quad
-from scipy.optimize import minimize_scalar
+
+# scipy is imported where a function computes with it: `import scipy.stats` takes seconds, and the
+# jobs that import this module for its names and labels only (bundle, report) never pay for it.
 
 # Fewest values an interval (or a test) is computed from.
 MIN_INTERVAL_N = 3
@@ -57,6 +57,8 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float
     the sample standard deviation (n - 1), over the values that are not NaN.
 
     (NaN, NaN) for fewer than two values; (mean, mean) when they are all equal (scipy would give NaN)."""
+    from scipy import stats
+
     values = np.asarray(list(values), dtype=float)
     values = values[~np.isnan(values)]
     if len(values) < 2:
@@ -88,6 +90,8 @@ def geometric_mean_interval(ratios: Iterable[float], confidence: float = CONFIDE
     """Geometric mean of the positive ratios that are not NaN (scipy.stats.gmean), with the t interval
     of their mean log, exponentiated: always positive, and the interval of 1 / r is that of r inverted.
     No interval below MIN_INTERVAL_N ratios."""
+    from scipy import stats
+
     ratios = present(ratios)
     ratios = ratios[ratios > 0]
     if not len(ratios):
@@ -107,6 +111,8 @@ def paired_t_test(values: Iterable[float], baseline: Iterable[float], log: bool 
     """(two-sided p-value, n) of the paired t-test (scipy.stats.ttest_rel) of values against baseline,
     over the pairs where both are present; with ``log`` on their logarithms (a test of the log ratio).
     NaN below MIN_INTERVAL_N pairs. Identical differences: p = 0 if they are not 0, else 1."""
+    from scipy import stats
+
     a, b = np.asarray(list(values), dtype=float), np.asarray(list(baseline), dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
@@ -129,6 +135,8 @@ def welch_difference(
     """Difference of the means of two unpaired samples (values - reference, NaN left out) with Welch's
     interval (Satterthwaite's degrees of freedom), and Welch's two-sided p-value; n is the smaller
     sample's size. No interval or test with fewer than MIN_INTERVAL_N values on either side."""
+    from scipy import stats
+
     a, b = present(values), present(reference)
     n = min(len(a), len(b))
     difference = float(a.mean() - b.mean()) if n else math.nan
@@ -197,6 +205,8 @@ def amdahl_fit(world_sizes: Iterable[float], speedups: Iterable[float]) -> float
     """Serial fraction f of Amdahl's law S(W) = 1 / (f + (1 - f) / W): least squares on S over the
     world sizes above 1 with a finite speedup, minimised over f in [0, 1] by bounded Brent
     (scipy.optimize.minimize_scalar); None without such a point."""
+    from scipy.optimize import minimize_scalar
+
     w = np.asarray(world_sizes, dtype=float)
     s = np.asarray(speedups, dtype=float)
     keep = np.isfinite(s) & (w > 1)
@@ -210,6 +220,9 @@ def amdahl_fit(world_sizes: Iterable[float], speedups: Iterable[float]) -> float
 @cache
 def expected_max_normal(n: int) -> float:
     """E[max of n independent standard normals]: 0 for one, 1 / sqrt(pi) for two, about 3.2 for 1024."""
+    from scipy import stats
+    from scipy.integrate import quad
+
     if n <= 1:
         return 0.0
     density = lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1)  # noqa: E731
