@@ -92,9 +92,7 @@ class Heartbeat:
         A peer is unresponsive when its last heartbeat is older than ``stale_after_s`` (default:
         three intervals, at least two seconds). Never raises: the diagnosis must not hide the error."""
         stale_after_s = stale_after_s if stale_after_s is not None else max(3 * self.interval_s, 2.0)
-        try:
-            peers = self.peers()
-        except Exception:
+        if (peers := self._peers_or_none()) is None:
             return None
         now = time.time()
         silent = [
@@ -107,9 +105,7 @@ class Heartbeat:
     def describe_compiling(self) -> str | None:
         """The peers still compiling (their heartbeats say so), or None: a collective that timed
         out while a peer compiled waited longer than ``train.timeout`` for that compile."""
-        try:
-            peers = self.peers()
-        except Exception:
+        if (peers := self._peers_or_none()) is None:
             return None
         now = time.time()
         busy = [
@@ -120,6 +116,13 @@ class Heartbeat:
         ]
         found = self._waited_for(busy)
         return found and f"{found}: the compile took longer than train.timeout; raise train.timeout"
+
+    def _peers_or_none(self) -> dict[int, dict | None] | None:
+        """The peers' heartbeats, or None where the store cannot be read: a diagnosis must not hide the error."""
+        try:
+            return self.peers()
+        except Exception:
+            return None
 
     def _waited_for(self, peers: list[str]) -> str | None:
         if not peers:
