@@ -109,8 +109,7 @@ class Heartbeat:
             return None
         now = time.time()
         busy = [
-            f"rank {rank} (pid {beat['pid']} on host {beat['host']}) is still "
-            f"{phase.describe(beat['phase'], beat['phase_since'], now)}"
+            f"{peer_identity(rank, beat)} is still {phase.describe(beat['phase'], beat['phase_since'], now)}"
             for rank, beat in sorted(peers.items())
             if beat is not None and beat.get("phase", "").startswith(phase.COMPILING)
         ]
@@ -145,8 +144,11 @@ def own_connection(store: dist.Store) -> dist.Store:
 def describe_peer(rank: int, beat: dict | None, now: float) -> str:
     if beat is None:
         return f"rank {rank} never sent a heartbeat"
-    where = f"pid {beat['pid']} on host {beat['host']}"
-    return f"rank {rank} ({where}) stopped responding {now - beat['time']:.0f} s ago{process_state(beat)}"
+    return f"{peer_identity(rank, beat)} stopped responding {now - beat['time']:.0f} s ago{process_state(beat)}"
+
+
+def peer_identity(rank: int, beat: dict) -> str:
+    return f"rank {rank} (pid {beat['pid']} on host {beat['host']})"
 
 
 def process_state(beat: dict) -> str:

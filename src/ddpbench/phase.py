@@ -20,6 +20,8 @@ import signal
 import threading
 import time
 
+from ddpbench.supervise import handle_signals
+
 COMPILING = "compiling"
 CONTIGUOUS_S = 1.0  # compiles this close together, in one phase, are one span (a step's frames)
 
@@ -47,23 +49,21 @@ def watch_compiles(mode: str) -> bool:
         from torch._dynamo.callback import on_compile_end, on_compile_start
     except ImportError:
         return False
-    interrupted: list[tuple[str, float]] = []
-    last = {"in": "", "since": 0.0, "ended": 0.0}  # the latest compile: what it interrupted, its span
+    # Dynamo calls these for the outermost compile only: one phase to resume, and the latest span.
+    last = {"resume": None, "in": "", "since": 0.0, "ended": 0.0}
 
-    def started(*_args) -> None:  # the outermost compile of a nest: dynamo counts them
+    def started(*_args) -> None:
         global _current
-        interrupted.append(_current)
         since = time.time()
         if last["in"] == _current[0] and since - last["ended"] < CONTIGUOUS_S:
             since = last["since"]  # one step's compiles, split by a graph break: one span
-        last.update({"in": _current[0], "since": since})
+        last.update({"resume": _current, "in": _current[0], "since": since})
         _current = (f"{COMPILING} (train.compile: {mode}) in {_current[0]}", since)
 
     def ended(*_args) -> None:
         global _current
-        if interrupted:
-            _current = interrupted.pop()
-            last["ended"] = time.time()
+        if last["resume"] is not None:
+            _current, last["resume"], last["ended"] = last["resume"], None, time.time()
 
     on_compile_start(started)
     on_compile_end(ended)
@@ -86,7 +86,7 @@ def name_phase_on_sigterm(rank: int) -> None:
     default action would have (no cleanup runs that it would not have run). Main thread only."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # the C-level handler must never block
-    signal.signal(signal.SIGTERM, lambda *_: None)  # the thread below acts; this only wakes it
+    handle_signals([signal.SIGTERM], lambda *_: None)  # the thread below acts; this only wakes it
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
     def wait_for_sigterm() -> None:

@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
 
+from ddpbench.configdoc import load_schema  # noqa: F401 (common.smk reads the schema through the plan)
 from ddpbench.cpus import cores_available
 from ddpbench.fetch import check_archive
 from ddpbench.options import command_line
@@ -35,11 +36,6 @@ RENDEZVOUS = (
 
 
 # ---------------------------------------------------------------- the configuration
-
-
-def load_schema(path: str) -> dict:
-    with open(path) as schema_file:
-        return yaml.safe_load(schema_file)
 
 
 def coerce_cli_strings(value: Any, schema: dict) -> Any:
