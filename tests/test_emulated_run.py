@@ -99,6 +99,18 @@ def alive(pid: int) -> bool:
     return state not in "ZX"
 
 
+def describe_alive(pids: list[int]) -> str:
+    """What each live pid is and where it waits: what a failure needs to say which process hung."""
+    lines = []
+    for pid in pids:
+        if alive(pid):
+            proc = Path(f"/proc/{pid}")
+            argv = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+            wchan = proc.joinpath("wchan").read_text() if proc.joinpath("wchan").exists() else "?"
+            lines.append(f"pid {pid} ({argv}) waits in {wchan}")
+    return "\n".join(lines) + "\n"
+
+
 def wait_for_training(launcher: subprocess.Popen, log: Path, prefix: str, timeout: float = 60) -> list[int]:
     """Wait until rank 0 has finished an epoch; the processes then in the launch's namespaces."""
     deadline = time.monotonic() + timeout
@@ -140,7 +152,7 @@ def test_a_stopped_or_killed_launch_leaves_nothing_running(synthetic_cache, tmp_
         deadline = time.monotonic() + 15
         while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in pids if alive(pid)], log.read_text()[-3000:]
+        assert not [pid for pid in pids if alive(pid)], describe_alive(pids) + log.read_text()[-3000:]
         if sig == signal.SIGKILL:
             assert len(netem.namespaces(prefix)) == 2  # nothing ran to remove them
             cleanup = [sys.executable, "-m", "ddpbench.netem", "cleanup", "--prefix", prefix]

@@ -62,6 +62,43 @@ def test_sigterm_elsewhere_names_the_phase_only():
     assert re.fullmatch(expected, result.stderr), result.stderr
 
 
+FILL_STDERR = """
+os.set_blocking(2, False)
+try:
+    while True:
+        os.write(2, b"x" * 4096)
+except BlockingIOError:
+    os.set_blocking(2, True)
+"""
+
+
+@pytest.mark.parametrize("stderr", ["reader gone", "pipe full"])
+def test_sigterm_ends_the_rank_even_when_stderr_cannot_take_the_line(stderr):
+    """A launcher killed with -9 leaves its ranks a stderr without a reader (EPIPE); a stalled one, a
+    full pipe that blocks the write. Either way the rank exits, and never trains on alone."""
+    read_end, write_end = os.pipe()
+    child = (
+        "import os, sys, time\nfrom ddpbench import phase\nphase.name_phase_on_sigterm(0)\n"
+        + (FILL_STDERR if stderr == "pipe full" else "")
+        + "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=write_end, env=env)
+    os.close(write_end)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        if stderr == "reader gone":
+            os.close(read_end)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert time.monotonic() - start < phase.SIGTERM_WRITE_S + 2
+    finally:
+        proc.kill()
+        if stderr == "pipe full":
+            os.close(read_end)
+
+
 def test_a_timeout_while_a_peer_compiles_names_the_compile(restored_phase):
     """In-process ranks share the phase: rank 1's heartbeat says it is compiling. A timeout is
     blamed on that compile; any other error, or a timeout while nobody compiles, passes unchanged."""

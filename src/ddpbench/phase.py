@@ -24,6 +24,7 @@ from ddpbench.supervise import handle_signals
 
 COMPILING = "compiling"
 CONTIGUOUS_S = 1.0  # compiles this close together, in one phase, are one span (a step's frames)
+SIGTERM_WRITE_S = 2.0  # how long a stopped rank may spend writing its line before it exits regardless
 
 _current: tuple[str, float] = ("starting", time.time())  # (phase, wall time it began): one assignment
 
@@ -90,11 +91,17 @@ def name_phase_on_sigterm(rank: int) -> None:
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
     def wait_for_sigterm() -> None:
-        while True:
-            woken = os.read(read_end, 64)
-            if signal.SIGTERM in woken:
-                phase, since = current()
-                os.write(2, sigterm_line(rank, phase, since).encode())
-                os._exit(128 + signal.SIGTERM)
+        while signal.SIGTERM not in os.read(read_end, 64):
+            pass
+        # Exit whatever stderr does: its reader may be gone (a launcher killed with -9: EPIPE) or
+        # stalled (a full pipe blocks the write), and a rank that outlives its SIGTERM runs on alone.
+        threading.Timer(SIGTERM_WRITE_S, os._exit, (128 + signal.SIGTERM,)).start()
+        try:
+            phase, since = current()
+            os.write(2, sigterm_line(rank, phase, since).encode())
+        except OSError:
+            pass
+        finally:
+            os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=wait_for_sigterm, name="ddpbench-sigterm", daemon=True).start()
