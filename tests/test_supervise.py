@@ -136,3 +136,24 @@ def test_relay_prefixes_lines_and_reads_past_a_closed_sink():
     sink.close()  # our own output has gone: the child's pipe is still drained
     supervise._relay(stream, sink, b"", lock)
     assert stream.closed
+
+
+def test_exit_finished_keeps_the_exit_code_the_atexit_handlers_and_the_buffered_output():
+    """What a finished rank relies on when it skips the interpreter's teardown: its code reaches
+    torchrun, what it registered to do at exit runs, and output still in a buffer is not lost."""
+    script = textwrap.dedent(
+        """
+        import atexit, logging, sys
+        from ddpbench.supervise import exit_finished
+        logging.basicConfig(stream=sys.stderr)
+        atexit.register(lambda: print("at exit", end=""))
+        sys.stdout.write("buffered, ")
+        logging.getLogger("rank").warning("logged")
+        exit_finished(3)
+        print("never")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "buffered, at exit"
+    assert "logged" in done.stderr

@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from ddpbench.io import atomic_write_json, utc_now
 from ddpbench.machine import cpu_flags, cpu_model
+from ddpbench.supervise import exit_finished
 
 GEMM_N = 2048
 GEMM_SECONDS = 1.0  # timed per (precision, threads), after a warm-up product
@@ -199,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_finished(main())  # written: the interpreter's teardown would only delay the job

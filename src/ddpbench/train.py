@@ -46,6 +46,7 @@ from ddpbench.records import (
 )
 from ddpbench.schedule import learning_rate
 from ddpbench.step import autocast, sgd_step, step_model, tally
+from ddpbench.supervise import exit_finished
 
 log = logging.getLogger("ddpbench.train")
 
@@ -429,4 +430,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_finished(main())  # the result is written: the interpreter's teardown would only delay the launch
