@@ -68,17 +68,18 @@ def become_subreaper() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def exit_finished(code: int) -> NoReturn:
+def exit_finished(code: int | None) -> NoReturn:
     """End a process whose work is done and written: its atexit handlers run and its output is
     flushed, but not the interpreter's teardown. A torch process spends 1.5-2.5 s freeing its modules
     and tensors there, which its torchrun agent, and so every launch, would wait for; nothing
     measured includes it. Call it only after success: a failure keeps the normal path (tracebacks,
-    torchrun's error file)."""
+    torchrun's error file). ``code`` is as sys.exit's: None is 0 (torchrun's @record returns None
+    for a SystemExit(0), such as --help's)."""
     atexit._run_exitfuncs()  # what the process registered to do at exit (logging, torch's pools)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to flush into
             stream.flush()
-    os._exit(code)
+    os._exit(0 if code is None else code)
 
 
 # --------------------------------------------------------------------------- /proc: watching a pid
