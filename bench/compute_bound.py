@@ -146,5 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
-    exit_finished(0)  # printed: the interpreter's teardown is no part of the measurement
+    exit_finished(main())  # printed: the interpreter's teardown is no part of the measurement

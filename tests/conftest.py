@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ddpbench.supervise import proc_stat
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_SCHEMA = REPO / "workflow" / "schemas" / "run.schema.json"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,6 +36,12 @@ def synthetic_cache(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic(out, train_size=2048, test_size=512, seed=0)
     return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie has ended (an orphan's reaper may be slow or absent)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in "ZX"
 
 
 def bin_path(name: str) -> str:

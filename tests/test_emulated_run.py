@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import RUN_SCHEMA, child_env
+from conftest import RUN_SCHEMA, alive, child_env
 
 from ddpbench import netem, netem_agents
 
@@ -88,15 +88,6 @@ def test_two_ranks_train_across_an_emulated_link(synthetic_cache, tmp_path):
         assert [r["cpu_affinity"] for r in sorted(run["ranks"], key=lambda r: r["rank"])] == [[cpus[0]], [cpus[1]]]
     assert "[node 0]" in done.stdout  # each agent's lines say which "node" they come from
     assert netem.namespaces(prefix) == []
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie has ended: an orphan's reaper may be slow or absent)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in "ZX"
 
 
 def describe_alive(pids: list[int]) -> str:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env
+from conftest import alive, child_env
 
 LAUNCH = [sys.executable, "-m", "ddpbench.launch"]
 
@@ -35,15 +35,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in "ZX"
 
 
 def lock_is_free(path: Path) -> bool:
@@ -102,7 +93,7 @@ def test_killed_snakemake_ends_the_launch_and_frees_the_lock(tmp_path, killed):
         os.kill(parent.pid if killed == "snakemake" else job_shell, signal.SIGKILL)
         killed_after = time.monotonic() - started
         assert killed_after < ORPHAN_WRITES_AFTER_S - 1, f"too slow to tell: killed {killed_after:.1f}s after the start"
-        wait_for(lambda: not pid_alive(rank), 5, "the orphaned rank to end")
+        wait_for(lambda: not alive(rank), 5, "the orphaned rank to end")
         wait_for(lambda: lock_is_free(lock), 5, "the timing lock to be released")
         time.sleep(max(0.0, ORPHAN_WRITES_AFTER_S + 1 - (time.monotonic() - started)))  # past its moment to write
         assert not result.exists()
@@ -220,7 +211,7 @@ def test_ctrl_c_is_forwarded_and_the_launch_ends(tmp_path, child_obeys):
             proc.wait()
     assert got.exists(), "the command never got the SIGINT"
     assert code == 130
-    assert not pid_alive(child_pid)
+    assert not alive(child_pid)
     if child_obeys:
         assert elapsed < 3  # at once
     else:
@@ -238,7 +229,7 @@ def test_killed_launcher_takes_its_command_along(tmp_path):
         child_pid = int(started.read_text())
         proc.kill()
         proc.wait()
-        wait_for(lambda: not pid_alive(child_pid), 5, "the command to end")
+        wait_for(lambda: not alive(child_pid), 5, "the command to end")
         assert lock_is_free(lock)
     finally:
         if child_pid is not None:

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from ddpbench import netem, plan
+from ddpbench import configdoc, netem, plan
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
-SCHEMA = plan.load_schema(SCHEMA_PATH)
+SCHEMA = configdoc.load_schema(SCHEMA_PATH)
 
 
 def merged(base: dict, over: dict) -> dict:

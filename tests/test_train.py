@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import RUN_SCHEMA, child_env, needs_cxx, run, torchrun_cmd
+from conftest import RUN_SCHEMA, alive, child_env, needs_cxx, run, torchrun_cmd
 
 EPOCH_LINE = re.compile(
     r"^Epoch \[(\d+)/(\d+)\] \| Loss: [\d.]+ \| Train Acc: [\d.]+% \| Test Acc: ([\d.]+)% \| Time: [\d.]+s$", re.M
@@ -469,14 +469,6 @@ def stopped_rank(synthetic_cache, tmp_path_factory):
     launch.kill_all()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in "ZX"
-
-
 @pytest.mark.slow  # torchrun launches, and a collective timeout
 @pytest.mark.parametrize(
     "how, allreduce",
@@ -500,7 +492,7 @@ def test_failed_or_hung_rank_ends_the_launch(request, synthetic_cache, tmp_path,
     try:
         if how == "hung" and allreduce == "shared_memory":
             named = output.wait_for(lambda: "stopped responding" in output.text, bound + 30, "peer naming rank 1")
-            output.wait_for(lambda: not _alive(workers[0]), bound + 30, "end of rank 0")
+            output.wait_for(lambda: not alive(workers[0]), bound + 30, "end of rank 0")
             assert named - t0 < bound + 20, f"rank 1 named after {named - t0:.0f}s"
             os.kill(workers[1], signal.SIGKILL)  # in place of torchrun's SIGKILL after its grace
         text = output.finish(timeout=max(1.0, t0 + bound + 60 - time.monotonic()))

@@ -350,5 +350,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
-    exit_finished(0)  # the timings are written: the interpreter's teardown would only delay the launch
+    exit_finished(main())  # the timings are written: the interpreter's teardown would only delay the launch

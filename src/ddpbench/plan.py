@@ -19,7 +19,6 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
 
-from ddpbench.configdoc import load_schema  # noqa: F401 (common.smk reads the schema through the plan)
 from ddpbench.cpus import cores_available
 from ddpbench.fetch import check_archive
 from ddpbench.options import command_line

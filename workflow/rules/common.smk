@@ -7,13 +7,13 @@ from snakemake.utils import validate
 
 # The rules call this checkout's package (the plan, run options, atomic writes); it never calls them.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from ddpbench import order, peak, plan, runs
+from ddpbench import configdoc, order, peak, plan, runs
 
 CONFIG_SCHEMA = "../schemas/config.schema.yaml"
 
 # --config strings coerced to the schema's types, every key checked (naming it), the variants taken
 # as written; then Snakemake's validation fills in the defaults.
-_schema = plan.load_schema(workflow.source_path(CONFIG_SCHEMA))
+_schema = configdoc.load_schema(workflow.source_path(CONFIG_SCHEMA))
 config.update(plan.coerce_cli_strings(config, _schema))
 plan.check_config(config, _schema)
 VARIANTS = plan.check_variants(config, _schema)
