@@ -108,9 +108,9 @@ def test_the_report_shows_each_settings_mfu_and_the_roofline_note(tmp_path):
     paths, expected = write_grid(tmp_path, [1, 2], [128], [0, 1, 2])
     summary, table = build_summary(paths, RUN_SCHEMA, expected, peak=PEAK)
     assert table.mfu.notna().all() and list(table.columns[-3:]) == ["achieved_gflops_s", "attainable_gflops_s", "mfu"]
-    html = render(summary)
+    html = render(summary, plots=[])  # the page's text: test_plots checks the plots
     assert 'id="roofline"' in html and "60.0 MFLOP" in html and "No nominal peak: test." in html
     shown = [float(v) for v in re.findall(r'data-col="mfu" data-value="([^"]+)"', html)]
     assert shown == [row["mfu"] for row in summary["rows"]]
     plain, _ = build_summary(paths, RUN_SCHEMA, expected)
-    assert plain["utilisation"] is None and 'id="roofline"' not in render(plain)
+    assert plain["utilisation"] is None and 'id="roofline"' not in render(plain, plots=[])

@@ -44,12 +44,13 @@ def summary_json(paths, expected) -> dict:
     return json.loads(json.dumps(summary, allow_nan=False))
 
 
-def build_report(tmp: Path, skip=((4, 128, 1),), **run_kwargs) -> tuple[str, dict, Path]:
-    """A two-batch-size grid with one missing run: (html, summary, report path)."""
+def build_report(tmp: Path, skip=((4, 128, 1),), plots=None, **run_kwargs) -> tuple[str, dict, Path]:
+    """A two-batch-size grid with one missing run: (html, summary, report path). ``plots=[]`` leaves
+    them out, for a test of the text: drawing them is 1.5 s of a page, and test_plots checks them."""
     paths, expected = write_grid(tmp / "results/runs", [1, 2, 4], [64, 128], [0, 1], skip=skip, **run_kwargs)
     summary = summary_json(paths, expected)
     out = tmp / "results/report.html"
-    html = report.render(summary, None, tmp / "logs/train", out)
+    html = report.render(summary, None, tmp / "logs/train", out, plots=plots)
     out.write_text(html)
     return html, summary, out
 
@@ -287,17 +288,17 @@ def test_runs_without_config_show_the_options_they_share(grid):
 
 def test_runs_that_overlapped_on_a_host_are_named(tmp_path):
     paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1])
-    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html")
+    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html", plots=[])
     assert "no two runs overlapped in time on the same host" in html
     shared = json.loads(paths[3].read_text())
     shared["timestamps"] = dict(json.loads(paths[0].read_text())["timestamps"])  # same minute as ws1 seed 0
     paths[3].write_text(json.dumps(shared))
-    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html")
+    html = report.render(summary_json(paths, expected), None, None, tmp_path / "r.html", plots=[])
     assert "ws1_bs128_seed0 and ws2_bs128_seed1 on node-a" in html
 
 
 def test_timing_lock_wait_is_shown_per_run_and_in_the_method(tmp_path):
-    html, summary, _ = build_report(tmp_path, lock_wait=1.25)
+    html, summary, _ = build_report(tmp_path, lock_wait=1.25, plots=[])
     runs = [r["cells"] for r in parse(html) if r["table"] == "runs" and "data-run" in r["attrs"]]
     assert [cells["lock_wait_s"] for cells in runs] == [[("1.25", "1.25")]] * len(summary["runs"])
     method = html[html.index('<section id="method">') :]
@@ -482,7 +483,7 @@ def test_headline_says_cores_were_fixed(grid):
 
 
 def test_headline_says_cores_per_worker_were_fixed(tmp_path):
-    html, summary, _ = build_report(tmp_path, threads=2)
+    html, summary, _ = build_report(tmp_path, threads=2, plots=[])
     assert summary["resource_model"]["kind"] == "cores_per_worker_fixed"
     text = resource_paragraph(html)
     assert text.startswith(
@@ -665,7 +666,7 @@ def test_the_default_studys_report_carries_no_validation_from_held_out_data(tmp_
     check the model, and shows no error; the predicted speedup at W = 1 is 1."""
     paths, expected = write_grid(tmp_path / "runs", [1, 2], [128], [0, 1, 2])
     summary, _ = aggregate(paths, SCHEMA, expected, PREDICT_CONFIG, comm=write_comm(tmp_path / "comm", [2]))
-    html = report.render(json.loads(json.dumps(summary)), out=tmp_path / "report.html")
+    html = report.render(json.loads(json.dumps(summary)), out=tmp_path / "report.html", plots=[])
     part = section(html, "prediction")
     assert "not validated on this study" in part and "examples/prediction-check.yaml" in part
     assert 'class="prediction-validation"' not in part and "step_time_rel_error" not in part
@@ -687,7 +688,7 @@ def test_a_compiled_variant_shows_its_compile_time_and_an_eager_study_has_no_suc
     rows = {(r["variant"], r["world_size"]): r for r in summary["rows"]}
     assert rows["compiled", 2]["compile_mean_s"] == pytest.approx(30.0)
     assert rows["eager", 1]["compile_mean_s"] is None
-    table = section(report.render(summary, config), "variants")
+    table = section(report.render(summary, config, plots=[]), "variants")
     assert "Compile<span" in table
     assert re.search(r'data-col="compile_mean_s" data-value="30(\.0)?">30\.0<', table)
     assert "Compile<span" not in section(variant_grid[0], "variants")  # eager variants: no compile column

@@ -220,10 +220,12 @@ def amdahl_fit(world_sizes: Iterable[float], speedups: Iterable[float]) -> float
 @cache
 def expected_max_normal(n: int) -> float:
     """E[max of n independent standard normals]: 0 for one, 1 / sqrt(pi) for two, about 3.2 for 1024."""
-    from scipy import stats
     from scipy.integrate import quad
 
     if n <= 1:
         return 0.0
-    density = lambda x: x * n * stats.norm.pdf(x) * stats.norm.cdf(x) ** (n - 1)  # noqa: E731
+
+    def density(x: float) -> float:  # x times the max's density; math's, not scipy.stats': 100x faster a point
+        return x * n * math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi) * (0.5 * math.erfc(-x / math.sqrt(2))) ** (n - 1)
+
     return float(quad(density, -math.inf, math.inf)[0])
