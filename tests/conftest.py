@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import parallel
 import pytest
 
 from ddpbench.supervise import proc_stat
@@ -22,6 +23,26 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if "DDPBENCH_CACHE" not in os.environ:
     os.environ["DDPBENCH_CACHE"] = tempfile.mkdtemp(prefix="ddpbench-test-cache-")
     atexit.register(shutil.rmtree, os.environ["DDPBENCH_CACHE"], ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has made the run's folders
+def pytest_configure(config) -> None:
+    parallel.own_timing_lock(config._tmp_path_factory.getbasetemp())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test, its set-up and tear-down included, holds its share of the machine (tests/parallel.py)."""
+    root = parallel.run_root(item.config._tmp_path_factory.getbasetemp())
+    with parallel.machine_share(root, alone=item.get_closest_marker("alone") is not None):
+        return (yield)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The modules that hold slow tests first: a worker that ends its share early then takes the
+    quick modules left, instead of idling while the other runs a slow one at the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)  # a stable sort: file order within
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +106,9 @@ def run(cmd: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedP
 
 @pytest.fixture(scope="session")
 def grid_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The .test/ grid run once through the snakemake CLI, for every workflow test that reads a
-    finished study (tests/workflowcopy.py): (working copy, Snakemake's result). Never changed:
+    """The .test/ grid run once through the snakemake CLI (once for all workers), for every workflow
+    test that reads a finished study (tests/workflowcopy.py): (working copy, Snakemake's result). Never changed:
     a test copies it (workflowcopy.copy_study) before it runs anything there."""
     from workflowcopy import run_grid_study
 
-    return run_grid_study(tmp_path_factory.mktemp("grid-study") / "workflow")
+    return parallel.once_per_run(tmp_path_factory.getbasetemp(), "grid-study", run_grid_study)

@@ -277,3 +277,25 @@ def test_a_planted_lock_path_is_refused(tmp_path, planted):
     )
     assert result.returncode != 0 and str(lock) in result.stderr, result.stderr
     assert not (tmp_path / "ran").exists() and not (tmp_path / "target").exists()
+
+
+def test_a_bare_timing_lock_is_the_file_the_host_names(tmp_path):
+    """`--timing-lock` without a value (as the workflow passes it) queues on $DDPBENCH_TIMING_LOCK_FILE
+    where it is set, the file a host whose users do not share /tmp gives them all."""
+    lock = tmp_path / "shared.lock"
+    env = child_env() | {"DDPBENCH_TIMING_LOCK_FILE": str(lock)}
+    code = "import os; print(os.environ['DDPBENCH_TIMING_LOCK'])"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen(
+            [*LAUNCH, "--timing-lock", "--", sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert proc.poll() is None  # queued behind this test's hold on that file
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"waiting for the timing lock {lock}" in err and out.strip() == str(lock)

@@ -16,7 +16,9 @@ launcher itself is killed.
 
 ``--timing-lock``: an exclusive flock taken before torchrun starts and held until every
 process of the launch has ended, so launches from any workflow on the host queue one after
-another. The child gets ``DDPBENCH_TIMING_LOCK`` (the path), ``DDPBENCH_TIMING_LOCK_WAIT_S``
+another. Without a value, the file is ``$DDPBENCH_TIMING_LOCK_FILE``, else /tmp/ddpbench-timing.lock:
+the workflow passes none, so that variable is how a host whose users do not share /tmp gives them
+one lock. The child gets ``DDPBENCH_TIMING_LOCK`` (the path), ``DDPBENCH_TIMING_LOCK_WAIT_S``
 (seconds spent queueing) and ``DDPBENCH_LAUNCH_TIME`` (when the command was started, after the
 wait). The kernel releases the lock when the launcher dies, however it dies.
 
@@ -49,7 +51,8 @@ from ddpbench.supervise import (
     wait_unreaped,
 )
 
-# One path for every workflow and user of the host: /tmp is where all of them can meet.
+# One path for every workflow and user of the host: /tmp is where all of them can meet. Where they
+# cannot (a private /tmp per user or service), DDPBENCH_TIMING_LOCK_FILE names a file they share.
 DEFAULT_TIMING_LOCK = "/tmp/ddpbench-timing.lock"
 POLL_S = 0.5  # how often the watched process is checked while the command runs
 LOCK_POLL_S = 0.1  # how often a queued launch retries the lock
@@ -102,7 +105,8 @@ def open_lock_file(path: Path) -> int:
     except OSError as exc:
         raise SystemExit(
             f"ddpbench.launch: cannot create the timing lock {path}: {exc.strerror}; "
-            "pass a --timing-lock in an existing directory every user of the host can write"
+            "set DDPBENCH_TIMING_LOCK_FILE (or pass --timing-lock) to a file in an existing directory "
+            "every user of the host can write"
         ) from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -250,8 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timing-lock",
         type=Path,
         nargs="?",
-        const=Path(DEFAULT_TIMING_LOCK),
-        help=f"queue on an exclusive flock of this file before starting (without a value: {DEFAULT_TIMING_LOCK})",
+        const=Path(os.environ.get("DDPBENCH_TIMING_LOCK_FILE") or DEFAULT_TIMING_LOCK),
+        help="queue on an exclusive flock of this file before starting (without a value: "
+        f"$DDPBENCH_TIMING_LOCK_FILE, else {DEFAULT_TIMING_LOCK})",
     )
     p.add_argument("--grace-s", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
