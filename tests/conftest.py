@@ -32,6 +32,14 @@ def pytest_configure(config) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """A worker's collection (imports of torch, pandas, scipy: seconds of both cores) holds a share of
+    the machine too, so that an ``alone`` test at the start waits until the other worker has collected."""
+    with parallel.machine_share(parallel.run_root(session.config._tmp_path_factory.getbasetemp()), alone=False):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Each test, its set-up and tear-down included, holds its share of the machine (tests/parallel.py)."""
     root = parallel.run_root(item.config._tmp_path_factory.getbasetemp())

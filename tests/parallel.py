@@ -2,7 +2,7 @@
 so a module's tests, and its module-scoped set-up, stay on one worker). What that needs:
 
 - a test whose assertions rest on timings (marked ``alone``) has the machine to itself: it waits
-  for the other worker's test to end, and the other waits for it (``machine_share``);
+  for the other worker's test (or collection) to end, and the other waits for it (``machine_share``);
 - each worker's timed launches queue on a timing lock of their own (``DDPBENCH_TIMING_LOCK_FILE``),
   not on the host's, so that two workers' workflows run side by side. Their timings then share
   the cores, which only ``alone`` tests may rely on not happening;
