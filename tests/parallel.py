@@ -37,24 +37,17 @@ def flocked(path: Path, mode: int) -> Iterator[None]:
 @contextlib.contextmanager
 def machine_share(root: Path, alone: bool) -> Iterator[None]:
     """A share of the machine for one test, across the run's workers: shared by default, the whole
-    machine when ``alone``. A test that wants it alone first takes the turnstile, and keeps it while
-    it waits for the shared holders to end, so that no new one starts meanwhile (flock alone would
-    let the other worker's next tests overtake it for as long as they keep coming)."""
+    machine when ``alone``. Every test passes the turnstile to take its share, and one that wants
+    the machine alone waits in it for the shared holders to end, so that no new one starts
+    meanwhile (flock alone would let the other worker's next tests overtake it for as long as
+    they keep coming)."""
     if WORKER is None:  # one test at a time already
         yield
         return
-    turnstile, share = root / "machine.turnstile", root / "machine.share"
-    if alone:
-        with flocked(turnstile, fcntl.LOCK_EX), flocked(share, fcntl.LOCK_EX):
-            yield
-        return
-    with flocked(turnstile, fcntl.LOCK_EX):
-        handle = open(share, "a")  # noqa: SIM115 (held past the turnstile's block)
-        fcntl.flock(handle, fcntl.LOCK_SH)
-    try:
+    with contextlib.ExitStack() as held:
+        with flocked(root / "machine.turnstile", fcntl.LOCK_EX):
+            held.enter_context(flocked(root / "machine.share", fcntl.LOCK_EX if alone else fcntl.LOCK_SH))
         yield
-    finally:
-        handle.close()
 
 
 def own_timing_lock(basetemp: Path) -> None:
