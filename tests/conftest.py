@@ -47,17 +47,20 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
 
 
-# Seconds each costly module took with two tests at a time (the whole suite at 6de49f8, a 2-core
-# EPYC VM). They only order the work, the longest first, so that neither worker is left with a
+# Seconds each costly module took with two tests at a time (the whole suite at 738d824, a 2-core
+# EPYC VM; test_variants_workflow and test_timing_lock_workflow, then in test_workflow, by their
+# tests' times). They only order the work, the longest first, so that neither worker is left with a
 # long module at the end; a module not named here counts 10 s a slow test.
 MODULE_SECONDS = {
-    "test_workflow": 630,
-    "test_train": 290,
-    "test_bench": 285,
-    "test_multinode": 260,
-    "test_real_data": 160,
-    "test_prediction_workflow": 100,
-    "test_emulated_run": 50,
+    "test_workflow": 400,
+    "test_bench": 350,
+    "test_train": 270,
+    "test_real_data": 250,
+    "test_multinode": 220,
+    "test_prediction_workflow": 125,
+    "test_variants_workflow": 117,
+    "test_emulated_run": 52,
+    "test_timing_lock_workflow": 50,
 }
 
 
