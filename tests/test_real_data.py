@@ -54,7 +54,10 @@ def test_short_grid_on_real_cifar10(tmp_path, archive, server):
         {
             "data": {"source": "cifar10", "url": server, "md5": archive[1]},
             "grid": {"world_sizes": [1, 2], "seeds": [0]},
-            "train": {"epochs": 1, "max_train_samples": 8192},
+            # One thread a rank: the other worker's test shares the 2 cores, where a rank of two
+            # threads waits on its descheduled thread at every parallel region (the W = 1 run's
+            # epoch took 110 s that way, where alone it takes about 12).
+            "train": {"epochs": 1, "max_train_samples": 8192, "threads_per_worker": 1},
         },
     )
     result = snakemake(tmp_path, "--configfile", config)
