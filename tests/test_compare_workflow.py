@@ -23,9 +23,10 @@ BASE = {
     "grid": {"world_sizes": [1], "seeds": [0, 1, 2, 3]},
     "train": {"epochs": 1, "threads_per_worker": 1, "channels_last": "off"},
 }
-# Differences claimed from 25 % (report.min_effect): a study of the same setting minutes later ran
-# 11-21 % slower per seed on the EPYC VM, a drift that three seeds can make significant.
-MIN_EFFECT = {"throughput": 0.25}
+# Differences claimed from 1.4x either way, 40 % faster or 29 % slower (report.min_effect): a study
+# of the same setting minutes later ran 11-21 % slower per seed on the EPYC VM, a drift that three
+# seeds can make significant.
+MIN_EFFECT = {"throughput": 0.4}
 STUDIES = {
     "study_setting": BASE,
     "two_threads_channels_last": {**BASE, "train": {**BASE["train"], "threads_per_worker": 2, "channels_last": "on"}},
@@ -71,7 +72,7 @@ def test_snakemake_compare_marks_the_faster_rank_and_not_the_same_setting(bundle
     assert fast.test == "paired" and fast.n_pairs == 4
     assert fast.throughput_ratio > 1 and fast.throughput_ratio_ci95_low > 1 and fast.throughput_marked == "higher"
     again = table.loc["study_setting_again"]
-    assert again.test == "paired" and again.n_pairs == 3  # tested, and not marked:
+    assert again.test == "paired" and again.n_pairs == 3 and 0 <= again.throughput_p <= 1  # tested, not marked:
     assert pd.isna(again.throughput_marked)  # not marked: an empty cell in the CSV
     html = (workdir / "results/compare.html").read_text()
     cell = html.split('<tr data-machine="two_threads_channels_last" data-world-size="1">', 1)[1].split("</tr>", 1)[0]

@@ -1,5 +1,5 @@
 """Two workflows on one host, through the `snakemake` CLI: their timed runs queue on the host-wide
-timing lock (ddpbench.launch --timing-lock) and never overlap, and the run that waited says so."""
+timing lock (ddpbench.launch --timing-lock) and never overlap, and each run records its wait."""
 
 from __future__ import annotations
 
@@ -14,17 +14,21 @@ from pathlib import Path
 import pytest
 from workflowcopy import GRID, copy_repo, copy_study, snakemake, start_snakemake, write_config
 
-from ddpbench.launch import DEFAULT_TIMING_LOCK
+from ddpbench.launch import DEFAULT_TIMING_LOCK, open_lock_file
 
 WAITING = "waiting for the timing lock"  # what a launch logs while another holds the lock
 
 
 @contextlib.contextmanager
 def holding(lock: Path):
-    """The timing lock held by this test, as another workflow's timed run would hold it."""
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """The timing lock held by this test, as another workflow's timed run would hold it (opened
+    as the launcher opens it: another user's /tmp file refuses O_CREAT)."""
+    fd = open_lock_file(lock)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @pytest.mark.slow
@@ -34,7 +38,7 @@ def test_two_workflows_on_one_host_time_their_runs_one_after_the_other(tmp_path)
     the other workflow reached its own): once it is free the runs go one at a time, and each
     records how long it waited. One world size, so that no all-reduce timing (the commbench job,
     which takes the lock too but records no run) does the waiting."""
-    grid = {**GRID, "grid": {"world_sizes": [1], "seeds": [0]}}
+    grid = {**GRID, "grid": {"world_sizes": [1], "seeds": [0]}, "train": {**GRID["train"], "threads_per_worker": 1}}
     first = copy_repo(tmp_path / "first")
     config = write_config(first, "grid.yaml", grid)
     # The host's peak (the other job that takes the lock) measured before, as in a user's second study.
@@ -45,16 +49,22 @@ def test_two_workflows_on_one_host_time_their_runs_one_after_the_other(tmp_path)
     # A worker's own lock (tests/parallel.py), else the host's.
     host_lock = Path(os.environ.get("DDPBENCH_TIMING_LOCK_FILE") or DEFAULT_TIMING_LOCK)
     procs = []
-    with holding(host_lock):
-        for workdir in copies:
-            procs.append(start_snakemake(workdir, config))
-        deadline = time.monotonic() + 300
-        while not all(log.exists() and WAITING in log.read_text() for log in logs):
-            ended = [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
-            assert not ended and time.monotonic() < deadline, f"the runs did not queue: {ended}"
-            time.sleep(0.2)
-        time.sleep(1.5)  # every run has waited a while: the time it records is the lock's, not a clock's
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    try:
+        with holding(host_lock):
+            for workdir in copies:
+                procs.append(start_snakemake(workdir, config))
+            deadline = time.monotonic() + 300
+            while not all(log.exists() and WAITING in log.read_text() for log in logs):
+                ended = [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+                assert not ended and time.monotonic() < deadline, f"the runs did not queue: {ended}"
+                time.sleep(0.2)
+            time.sleep(1.5)  # every run has waited a while: the time it records is the lock's, not a clock's
+        outputs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for proc in procs:  # a failed wait leaves no workflow training on into the next tests
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=60)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     runs = [json.loads(path.read_text()) for w in copies for path in sorted((w / "results/runs").glob("*.json"))]
     assert len(runs) == 2

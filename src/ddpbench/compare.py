@@ -9,7 +9,7 @@ speedup, efficiency, accuracy and time to target as its own summary has them, an
 ratio and accuracy difference against the reference machine (the first bundle unless named),
 paired by seed where at least three seeds match and unpaired (Welch) otherwise, every test of the
 table Holm-corrected together and a cell marked where the corrected test and the minimum effect
-(report.min_effect's defaults) agree. Each machine's predicted efficiency at 64 and 1,024 workers
+(report.min_effect) agree. Each machine's predicted efficiency at 64 and 1,024 workers
 comes from its bundle where it has a prediction. Bundles of another model, data or epochs are
 named with the reason; a bundle of a study already given (the same study id) is named as its
 duplicate; settings that only some machines ran are listed. With --history the bundles are one
