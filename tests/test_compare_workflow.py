@@ -24,8 +24,8 @@ BASE = {
     "train": {"epochs": 1, "threads_per_worker": 1, "channels_last": "off"},
 }
 # Differences claimed from 1.4x either way, 40 % faster or 29 % slower (report.min_effect): a study
-# of the same setting minutes later ran 11-21 % slower per seed on the EPYC VM, a drift that three
-# seeds can make significant.
+# of the same setting minutes later ran 11-21 % slower per seed on the EPYC VM, and another 1.28x
+# faster, drifts that three seeds can make significant.
 MIN_EFFECT = {"throughput": 0.4}
 STUDIES = {
     "study_setting": BASE,
