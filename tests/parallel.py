@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ddpbench.launch import open_lock_file
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a worker; None without xdist
 
 
@@ -29,9 +31,14 @@ def run_root(basetemp: Path) -> Path:
 
 @contextlib.contextmanager
 def flocked(path: Path, mode: int) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, mode)
-        yield  # closing the file releases the lock
+    """``path`` flocked in ``mode``, opened as ddpbench.launch opens a timing lock (so that a test
+    can also hold the host's, which may be another user's file in /tmp)."""
+    fd = open_lock_file(path)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

@@ -3,32 +3,18 @@ timing lock (ddpbench.launch --timing-lock) and never overlap, and each run reco
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
-import os
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
+from parallel import flocked
 from workflowcopy import GRID, copy_repo, copy_study, snakemake, start_snakemake, write_config
 
-from ddpbench.launch import DEFAULT_TIMING_LOCK, open_lock_file
+from ddpbench.launch import host_timing_lock
 
 WAITING = "waiting for the timing lock"  # what a launch logs while another holds the lock
-
-
-@contextlib.contextmanager
-def holding(lock: Path):
-    """The timing lock held by this test, as another workflow's timed run would hold it (opened
-    as the launcher opens it: another user's /tmp file refuses O_CREAT)."""
-    fd = open_lock_file(lock)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 @pytest.mark.slow
@@ -46,11 +32,10 @@ def test_two_workflows_on_one_host_time_their_runs_one_after_the_other(tmp_path)
     assert peak.returncode == 0, peak.stdout[-3000:] + peak.stderr[-3000:]
     copies = [first, copy_study(first, tmp_path / "second")]
     logs = [workdir / "logs/train/ws1_bs128_seed0.log" for workdir in copies]
-    # A worker's own lock (tests/parallel.py), else the host's.
-    host_lock = Path(os.environ.get("DDPBENCH_TIMING_LOCK_FILE") or DEFAULT_TIMING_LOCK)
+    host_lock = host_timing_lock()  # a worker's own (tests/parallel.py), else the host's
     procs = []
     try:
-        with holding(host_lock):
+        with flocked(host_lock, fcntl.LOCK_EX):  # as another workflow's timed run would hold it
             for workdir in copies:
                 procs.append(start_snakemake(workdir, config))
             deadline = time.monotonic() + 300

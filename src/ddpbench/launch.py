@@ -83,6 +83,11 @@ def watch(pid: int | None) -> WatchedProcess | None:
 # --------------------------------------------------------------------------- the timing lock
 
 
+def host_timing_lock() -> Path:
+    """The lock that ``--timing-lock`` without a value queues on."""
+    return Path(os.environ.get("DDPBENCH_TIMING_LOCK_FILE") or DEFAULT_TIMING_LOCK)
+
+
 def open_lock_file(path: Path) -> int:
     """Open (creating if needed) a lock file that every user of the host can queue on.
 
@@ -254,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timing-lock",
         type=Path,
         nargs="?",
-        const=Path(os.environ.get("DDPBENCH_TIMING_LOCK_FILE") or DEFAULT_TIMING_LOCK),
+        const=host_timing_lock(),
         help="queue on an exclusive flock of this file before starting (without a value: "
         f"$DDPBENCH_TIMING_LOCK_FILE, else {DEFAULT_TIMING_LOCK})",
     )
