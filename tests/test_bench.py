@@ -1,6 +1,7 @@
 """The benchmark harness (bench/run.py) measures every figure and ratio it promises, end to end
 on a tiny synthetic dataset (its numbers mean nothing here; their presence and relations do)."""
 
+import importlib.util
 import json
 import math
 import sys
@@ -126,3 +127,90 @@ def test_compile_precision_bench_pairs_every_setting_with_fp32_eager(tmp_path, s
     flops = bench["settings"]["model_flops_per_image"]
     assert mfu == pytest.approx(bound["images_per_s"]["median"] * flops / bound["gemm_flops_s"]["median"])
     assert "fp32_default" in result.stdout and "vs fp32 eager" in result.stdout  # the printed table
+
+
+def bench_script(name: str):
+    """A bench/ script imported as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_suite_accounting_sums_modules_and_processes_and_bounds_the_wall_time():
+    """bench/suite_cpu.py on known records: the sums per module and per kind of process, the fixed
+    cost of the imports, and the floor (alone tests' wall + the rest's CPU over the cores)."""
+    suite = bench_script("suite_cpu")
+    tests = [
+        {"module": "tests/test_a.py", "wall_s": 100.0, "cpu_s": 110.0, "alone": True},
+        {"module": "tests/test_b.py", "wall_s": 50.0, "cpu_s": 40.0, "alone": False},
+        {"module": "tests/test_b.py", "wall_s": 30.0, "cpu_s": 20.0, "alone": False},
+    ]
+    agent = {"argv": ["/v/lib/python3.11/site-packages/torch/distributed/run.py", "--standalone"], "cpu_s": 3.0}
+    rank = {"argv": ["/repo/src/ddpbench/train.py", "--data"], "cpu_s": 9.0, "torch": True, "dynamo": True}
+    processes = [
+        agent | {"torch": True, "dynamo": False},
+        rank,
+        rank,
+        {
+            "argv": ["/v/lib/python3.11/site-packages/snakemake/__main__.py"],
+            "cpu_s": 2.0,
+            "torch": False,
+            "dynamo": False,
+        },
+        {"argv": ["/v/bin/snakemake", "--cores"], "cpu_s": 1.5, "torch": False, "dynamo": False},
+        {"argv": ["/v/lib/python3.11/site-packages/pytest/__main__.py"], "cpu_s": 1.0, "torch": True, "dynamo": False},
+    ]
+    s = suite.summarise(tests, processes, cores=2, costs={"torch": 2.5, "torch_and_dynamo": 4.5})
+    assert s["modules"]["tests/test_b.py"] == {"tests": 2, "wall_s": 80.0, "cpu_s": 60.0}
+    assert list(s["modules"]) == ["tests/test_a.py", "tests/test_b.py"]  # the costliest first
+    kinds = s["process_kinds"]
+    assert list(kinds) == ["training rank (ddpbench.train)", "snakemake", "torchrun agent", "python -m pytest"]
+    assert kinds["training rank (ddpbench.train)"] == {
+        "processes": 2,
+        "cpu_s": 18.0,
+        "imported_torch": 2,
+        "imported_dynamo": 2,
+    }
+    assert kinds["snakemake"]["processes"] == 2 and kinds["snakemake"]["cpu_s"] == 3.5
+    assert s["processes_importing_torch"] == 4 and s["processes_importing_dynamo"] == 2
+    assert s["import_fixed_cpu_s"] == 4 * 2.5 + 2 * 2.0
+    assert s["tests_cpu_s"] == 170.0 and s["processes_cpu_s"] == 25.5
+    assert s["floor_s"] == 100.0 + (170.0 - 110.0) / 2  # the alone test has the machine; the rest share 2 cores
+
+
+@pytest.mark.slow  # a pytest inside the test, and two pythons that import torch
+def test_suite_accounting_records_every_test_and_the_processes_they_start(tmp_path):
+    """The accounting end to end on one module: a record per test, and one per Python process its
+    tests started (test_options starts a Python that must not import torch)."""
+    out = tmp_path / "suite.json"
+    pytest_args = ["-n", "0", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "inner"), "tests/test_options.py"]
+    env = {k: v for k, v in child_env().items() if not k.startswith("PYTEST_")}  # not a worker of this run
+    result = run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "suite_cpu.py"),
+            "--import-reps",
+            "1",
+            "--out",
+            str(out),
+            "--",
+            *pytest_args,
+        ],
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert bench["pytest"]["exit_code"] == 0 and " passed" in bench["pytest"]["last_line"]
+    tests = bench["tests"]
+    assert {t["module"] for t in tests} == {"tests/test_options.py"} and len(tests) >= 5
+    assert all(t["wall_s"] > 0 and t["cpu_s"] >= 0 and t["alone"] is False for t in tests)
+    by_test = {p["test"].split("::")[-1]: p for p in bench["processes"] if p["test"]}
+    plain = by_test["test_the_options_module_does_not_import_torch"]  # python -c "import ddpbench.options"
+    assert plain["argv"][0] == "-c" and plain["torch"] is False and plain["cpu_s"] > 0
+    entry = by_test["test_help_lists_every_option_with_its_default"]  # python -m ddpbench.train --help
+    assert entry["argv"][1] == "--help" and entry["torch"] is True
+    summary = bench["summary"]
+    assert summary["process_kinds"]["training rank (ddpbench.train)"]["imported_torch"] >= 1
+    assert 0 < bench["import_cpu_s"]["torch"] < bench["import_cpu_s"]["torch_and_dynamo"]
+    assert summary["floor_s"] > 0 and "floor:" in result.stdout
