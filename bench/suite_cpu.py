@@ -6,14 +6,16 @@
 Runs pytest once with bench/suite_accounting on PYTHONPATH: a plugin records each test's wall time
 and CPU time (its worker's and that of the processes it reaped), and a sitecustomize records every
 Python process at its exit (command, CPU time, whether it imported torch and torch._dynamo). Before
-the suite, with the machine to itself, it times the fixed cost of a process: the CPU seconds of
+the suite (run it on an otherwise idle machine) it times the fixed cost of a process: the CPU seconds of
 ``python -c "import torch"`` and of torch with torch._dynamo (which DDP and torch.optim import),
 the median of 3 each. It writes bench/results/<host>-suite-cpu.json and prints:
 - per module: wall and CPU seconds;
 - per kind of process: how many, their CPU seconds, and how many imported torch and torch._dynamo;
-- the floor: the ``alone`` tests' wall time, plus the other tests' CPU time over the cores. No
-  order of these tests on these cores ends sooner, since an ``alone`` test has the machine to itself.
-SLURM jobs run under slurmd, so their CPU time is in the process records but not in the tests'.
+- the floor: the ``alone`` tests' wall time, plus the other tests' CPU time over the cores: this
+  run's work packed perfectly on these cores (an ``alone`` test has the machine to itself). It
+  leaves out what no test holds (collection, workers' start), SLURM jobs (they run under slurmd:
+  in the process records, not in the tests') and processes orphaned by a kill; and another order
+  could spend less CPU where ranks now spin waiting for a descheduled peer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from ddpbench.cpus import cores_available
 from ddpbench.io import atomic_write_json, utc_now
-from ddpbench.machine import cpu_model
+from ddpbench.machine import cpu_model, git_commit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -75,8 +77,15 @@ def process_kind(argv: list[str]) -> str:
     return name or "(none)"
 
 
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """The JSON lines of ``path`` and how many were unreadable (a process killed while writing)."""
+    records, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn += 1
+    return records, torn
 
 
 def summarise(tests: list[dict], processes: list[dict], cores: int, costs: dict[str, float]) -> dict:
@@ -103,8 +112,8 @@ def summarise(tests: list[dict], processes: list[dict], cores: int, costs: dict[
     alone = [t for t in tests if t["alone"]]
     alone_wall, alone_cpu = sum(t["wall_s"] for t in alone), sum(t["cpu_s"] for t in alone)
     return {
-        "modules": dict(sorted(modules.items(), key=lambda kv: -kv[1]["cpu_s"])),
-        "process_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]["cpu_s"])),
+        "modules": dict(sorted(modules.items(), key=lambda item: -item[1]["cpu_s"])),
+        "process_kinds": dict(sorted(kinds.items(), key=lambda item: -item[1]["cpu_s"])),
         "tests_cpu_s": test_cpu,
         "processes_cpu_s": sum(p["cpu_s"] for p in processes),
         "processes_importing_torch": torch_processes,
@@ -131,6 +140,9 @@ def run_suite(pytest_args: list[str], scratch: Path) -> tuple[float, int, str]:
     return wall, result.returncode, tail
 
 
+SHOWN_CPU_S = 5.0  # the table's rows from this many CPU seconds: the rest are in the JSON
+
+
 def table(result: dict) -> str:
     s, run, cores = result["summary"], result["pytest"], result["machine"]["cores"]
     lines = [f"{run['last_line']}  ({run['wall_s']:.0f} s wall, {cores} cores)"]
@@ -138,23 +150,23 @@ def table(result: dict) -> str:
     lines += [
         f"{m:45s} {r['tests']:5d} {r['wall_s']:8.1f} {r['cpu_s']:8.1f}"
         for m, r in s["modules"].items()
-        if r["cpu_s"] >= 5
+        if r["cpu_s"] >= SHOWN_CPU_S
     ]
     lines += ["", f"{'kind of process':45s} {'count':>5s} {'CPU s':>8s} {'torch':>6s} {'dynamo':>6s}"]
     lines += [
         f"{k:45s} {r['processes']:5d} {r['cpu_s']:8.1f} {r['imported_torch']:6d} {r['imported_dynamo']:6d}"
         for k, r in s["process_kinds"].items()
-        if r["cpu_s"] >= 5
+        if r["cpu_s"] >= SHOWN_CPU_S
     ]
     costs = result["import_cpu_s"]
     lines += [
         "",
-        f"tests' CPU {s['tests_cpu_s']:.0f} s; recorded processes' {s['processes_cpu_s']:.0f} s (SLURM jobs too)",
+        f"tests' CPU {s['tests_cpu_s']:.0f} s; recorded Python processes' {s['processes_cpu_s']:.0f} s",
         f"import torch {costs['torch']:.2f} CPU s, with torch._dynamo {costs['torch_and_dynamo']:.2f}: "
         f"{s['processes_importing_torch']} processes imported torch, {s['processes_importing_dynamo']} torch._dynamo, "
         f"{s['import_fixed_cpu_s']:.0f} CPU s in all",
-        f"floor: alone tests {s['alone_wall_s']:.0f} s + the rest's CPU over {cores} cores "
-        f"= {s['floor_s']:.0f} s (measured {run['wall_s']:.0f} s)",
+        f"floor (this run's work packed perfectly): alone tests {s['alone_wall_s']:.0f} s + the rest's CPU "
+        f"over {cores} cores = {s['floor_s']:.0f} s (measured {run['wall_s']:.0f} s)",
     ]
     return "\n".join(lines)
 
@@ -166,16 +178,17 @@ def main() -> int:
     p.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments")
     args = p.parse_args()
     costs = import_costs(args.import_reps)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     with tempfile.TemporaryDirectory() as scratch:
         wall, code, last = run_suite(args.pytest_args, Path(scratch))
-        tests, processes = read_lines(Path(scratch) / "tests.jsonl"), read_lines(Path(scratch) / "processes.jsonl")
+        tests, torn_tests = read_records(Path(scratch) / "tests.jsonl")
+        processes, torn_processes = read_records(Path(scratch) / "processes.jsonl")
     cores = cores_available()
     result = {
         "generated_utc": utc_now(),
         "machine": {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "cores": cores},
-        "commit": commit.strip(),
+        "commit": git_commit(str(REPO)),
         "pytest": {"args": args.pytest_args, "wall_s": wall, "exit_code": code, "last_line": last},
+        "unreadable_records": {"tests": torn_tests, "processes": torn_processes},
         "import_cpu_s": costs,
         "summary": summarise(tests, processes, cores, costs),
         "tests": tests,

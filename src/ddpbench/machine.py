@@ -150,3 +150,14 @@ def state(cpu_start: CpuTimes | None, cpu_end: CpuTimes | None, torch_config: st
         "git_dirty": git_dirty(),
         "torch_build": torch_build(torch_config),
     }
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """The commit checked out in ``cwd`` (default: here); None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

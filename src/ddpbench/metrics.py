@@ -7,14 +7,13 @@ import os
 import platform
 import resource
 import socket
-import subprocess
 import sys
 import time
 
 import torch
 import torch.distributed as dist
 
-from ddpbench.machine import cpu_model
+from ddpbench.machine import cpu_model, git_commit
 
 
 def process_start_time() -> float:
@@ -96,16 +95,6 @@ def mapped_file_memory(suffix: str) -> dict[str, int] | None:
     except OSError:
         return None
     return totals
-
-
-def git_commit(cwd: str | None = None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def environment(device: torch.device, backend: str, threads_per_rank: int, cores: int) -> dict:
