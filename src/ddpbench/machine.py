@@ -77,20 +77,24 @@ def clock_source(path: Path = Path("/sys/devices/system/clocksource/clocksource0
     return read_text(path) or UNKNOWN
 
 
+def git_output(args: list[str], cwd: str | None) -> str | None:
+    """What ``git ARGS`` printed in ``cwd``; None where git is missing or fails (not a checkout)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
 def git_dirty(cwd: str | None = None) -> bool | str:
     """Whether the checkout had uncommitted changes to tracked files (untracked files do not count)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return UNKNOWN
-    return bool(out.stdout.strip())
+    out = git_output(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return UNKNOWN if out is None else bool(out.strip())
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    """The commit checked out in ``cwd`` (default: here); None outside a git checkout."""
+    return (git_output(["rev-parse", "HEAD"], cwd) or "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -150,14 +154,3 @@ def state(cpu_start: CpuTimes | None, cpu_end: CpuTimes | None, torch_config: st
         "git_dirty": git_dirty(),
         "torch_build": torch_build(torch_config),
     }
-
-
-def git_commit(cwd: str | None = None) -> str | None:
-    """The commit checked out in ``cwd`` (default: here); None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
